@@ -1,0 +1,1 @@
+//! OpenThreat application library.
