@@ -1,1 +1,3 @@
-//! placeholder
+//! Celery-compatible task queue (placeholder: being built).
+
+pub mod beat;

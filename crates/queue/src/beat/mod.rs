@@ -1,0 +1,1 @@
+//! Beat scheduler (placeholder: being built).
