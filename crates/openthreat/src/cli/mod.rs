@@ -1,0 +1,100 @@
+//! The command tree of the `openthreat` binary.
+//!
+//! Each subcommand lives in its own file and calls the same services the HTTP
+//! API calls; nothing here holds logic of its own beyond argument handling and
+//! printing.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Config;
+
+mod doctor;
+mod migrate;
+
+/// OpenThreat: a self-hosted CVE threat-intelligence service.
+///
+/// Configuration comes from the environment and an optional `.env` file:
+/// DATABASE_URL (default: SQLite file data/openthreat.db), REDIS_URL,
+/// CELERY_BROKER_URL, CELERY_RESULT_BACKEND, OLLAMA_HOST, OLLAMA_MODEL,
+/// NVD_API_KEY and OPENTHREAT_* (see the README). With nothing set,
+/// everything runs embedded under ./data/.
+#[derive(Debug, Parser)]
+#[command(name = "openthreat", version, about, long_about)]
+pub struct Cli {
+    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter like
+    /// `openthreat=debug`). Overrides RUST_LOG.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub loglevel: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or upgrade the database schema (idempotent; creates the SQLite file if needed).
+    Migrate(migrate::Args),
+    /// Check the database, Redis and the LLM, and say how to fix what is down.
+    Doctor(doctor::Args),
+}
+
+/// Entry point of the binary: parse, set up logging, load configuration, run.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.loglevel.as_deref());
+    let config = match Config::load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Migrate(args) => migrate::run(&config, args).await,
+            Command::Doctor(args) => doctor::run(&config, args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // `{:#}` prints the whole context chain on one line: "what failed: why".
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: Option<&str>) {
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l).unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_env("RUST_LOG")
+            .or_else(|_| EnvFilter::try_from_env("OPENTHREAT_LOG"))
+            .unwrap_or_else(|_| EnvFilter::new("warn,openthreat=info")),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}
