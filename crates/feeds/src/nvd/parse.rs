@@ -1,0 +1,598 @@
+//! Streaming parsers for NVD JSON documents: API response pages, 2.0 feed
+//! files (`.json` or `.json.gz`), a bare `cve` object, or a `{"cve": ...}`
+//! wrapper. The document shape is recognised from its keys, so callers
+//! never have to say which kind a file is.
+//!
+//! # Memory
+//!
+//! The envelope is walked with a serde [`DeserializeSeed`]: each element of
+//! `vulnerabilities` is read as raw JSON text, mapped, and handed to the
+//! caller before the next one is read. Nothing holds the whole array, so a
+//! 170 MB yearly feed costs one record (plus a batch) of memory.
+//!
+//! # Failures
+//!
+//! * A record that is valid JSON but cannot be mapped (no id, bad date,
+//!   wrong type) is a [`RecordFailure`]: handed over like a record, counted,
+//!   and the document carries on.
+//! * A document that is not valid JSON, is truncated, whose gzip stream
+//!   breaks off, or whose `.meta` checksum does not match fails as a whole
+//!   with a [`FeedsError`] naming the file and the position.
+//!
+//! # The batch contract ([`parse_file_batches`])
+//!
+//! Records are delivered in batches of at most `batch_size`. The batch with
+//! `is_last == true` is delivered only after the whole file has been read,
+//! the end of the JSON document checked and the `.meta` checksum (if any)
+//! verified. If the file fails, the function returns the error *instead of*
+//! the last batch. Batches delivered before were complete, valid records,
+//! but they come from a file that turned out bad: a caller that must not
+//! keep part of a bad file commits all batches of one file in one
+//! transaction and commits only on `is_last` (or buffers them).
+
+use std::cell::Cell;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use flate2::read::MultiGzDecoder;
+use openthreat_core::Cve;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+use super::map::map_cve;
+use super::meta::{meta_path_for, FeedMeta};
+use super::model::{NvdCve, NvdItem};
+use crate::error::{FeedsError, RecordFailure};
+
+/// One parsed record: the CVE, or why it was skipped.
+pub type RecordResult = Result<Cve, RecordFailure>;
+
+/// What an API page's or feed file's envelope said about itself. All
+/// optional: a bare record has no envelope, and old feeds lack fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Envelope {
+    pub results_per_page: Option<u64>,
+    pub start_index: Option<u64>,
+    pub total_results: Option<u64>,
+    pub format: Option<String>,
+    pub version: Option<String>,
+    pub timestamp: Option<String>,
+}
+
+/// The shape a document turned out to have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocumentKind {
+    /// An API response or feed file: `{..., "vulnerabilities": [{"cve": ...}]}`.
+    Envelope,
+    /// `{"cve": {...}}`.
+    Wrapped,
+    /// A bare `cve` object.
+    Bare,
+}
+
+/// Counts for one document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseSummary {
+    pub kind: DocumentKind,
+    /// `None` unless `kind` is [`DocumentKind::Envelope`].
+    pub envelope: Option<Envelope>,
+    /// Records mapped successfully.
+    pub parsed: usize,
+    /// Records skipped as [`RecordFailure`]s.
+    pub failed: usize,
+    /// The `.meta` file that was verified, if one was found.
+    pub meta: Option<FeedMeta>,
+}
+
+/// A fully parsed in-memory document, e.g. one API page (≤ 2000 records).
+#[derive(Debug, Clone)]
+pub struct ParsedPage {
+    pub kind: DocumentKind,
+    pub envelope: Option<Envelope>,
+    pub cves: Vec<Cve>,
+    pub failed: Vec<RecordFailure>,
+}
+
+/// Records handed over by [`parse_file_batches`]; see the module docs for
+/// when `is_last` is set.
+#[derive(Debug, Clone, Default)]
+pub struct RecordBatch {
+    pub cves: Vec<Cve>,
+    pub failed: Vec<RecordFailure>,
+    /// The file was read completely and verified; no more batches follow.
+    pub is_last: bool,
+}
+
+impl RecordBatch {
+    fn len(&self) -> usize {
+        self.cves.len() + self.failed.len()
+    }
+}
+
+/// Parses an in-memory document (an API response body) completely.
+pub fn parse_page(bytes: &[u8], origin: &str) -> Result<ParsedPage, FeedsError> {
+    let mut cves = Vec::new();
+    let mut failed = Vec::new();
+    let mut collect = |r: RecordResult| {
+        match r {
+            Ok(c) => cves.push(c),
+            Err(f) => failed.push(f),
+        }
+        Ok(())
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let summary = run_document(&mut de, origin, &mut collect, || 0)?;
+    de.end()
+        .map_err(|e| FeedsError::json(origin, &e, bytes.len() as u64))?;
+    Ok(ParsedPage {
+        kind: summary.kind,
+        envelope: summary.envelope,
+        cves,
+        failed,
+    })
+}
+
+/// Streams records out of any reader (plain JSON; use [`parse_file`] for
+/// gzip detection and `.meta` checks). `origin` names the source in errors.
+pub fn parse_reader<R: Read>(
+    reader: R,
+    origin: &str,
+    on_record: &mut dyn FnMut(RecordResult) -> Result<(), FeedsError>,
+) -> Result<ParseSummary, FeedsError> {
+    let counted = Cell::new(0u64);
+    let tap = Tap {
+        inner: reader,
+        read: &counted,
+        hasher: None,
+    };
+    let mut de = serde_json::Deserializer::from_reader(BufReader::with_capacity(64 * 1024, tap));
+    let summary = run_document(&mut de, origin, on_record, || counted.get())?;
+    de.end()
+        .map_err(|e| FeedsError::json(origin, &e, counted.get()))?;
+    Ok(summary)
+}
+
+/// How to read a feed file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileOptions {
+    /// Verify the sibling `.meta` sha256 when one exists (default `true`).
+    /// Off only for files known to be edited, such as trimmed fixtures.
+    pub verify_meta: bool,
+    /// Records per [`RecordBatch`] (default 1000).
+    pub batch_size: usize,
+}
+
+impl Default for FileOptions {
+    fn default() -> Self {
+        FileOptions {
+            verify_meta: true,
+            batch_size: 1000,
+        }
+    }
+}
+
+/// Streams records out of a file: `.json` or gzip (recognised by its magic
+/// bytes, whatever the name), verifying the sibling `.meta` sha256 when
+/// there is one (and `opts.verify_meta`). Each record is handed to
+/// `on_record` as soon as it is read.
+pub fn parse_file(
+    path: &Path,
+    opts: &FileOptions,
+    on_record: &mut dyn FnMut(RecordResult) -> Result<(), FeedsError>,
+) -> Result<ParseSummary, FeedsError> {
+    let origin = path.display().to_string();
+    let io_err = |error| FeedsError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let meta_path = meta_path_for(path).filter(|_| opts.verify_meta);
+    let meta = match meta_path.as_deref().filter(|p| p.is_file()) {
+        Some(p) => Some(FeedMeta::read(p)?),
+        None => None,
+    };
+    let reader = open_maybe_gzip(path).map_err(io_err)?;
+    let counted = Cell::new(0u64);
+    let mut tap = Tap {
+        inner: reader,
+        read: &counted,
+        hasher: meta.as_ref().map(|_| Sha256::new()),
+    };
+    let summary = {
+        let mut de =
+            serde_json::Deserializer::from_reader(BufReader::with_capacity(64 * 1024, &mut tap));
+        let summary = run_document(&mut de, &origin, on_record, || counted.get())?;
+        de.end()
+            .map_err(|e| FeedsError::json(&origin, &e, counted.get()))?;
+        summary
+    };
+    if let (Some(meta), Some(meta_path)) = (&meta, meta_path) {
+        // The hash covers every byte, including any trailing whitespace the
+        // JSON parser did not need to look at.
+        io::copy(&mut tap, &mut io::sink()).map_err(io_err)?;
+        let actual = hex::encode_upper(tap.hasher.take().unwrap_or_default().finalize());
+        if !actual.eq_ignore_ascii_case(&meta.sha256) {
+            return Err(FeedsError::ChecksumMismatch {
+                path: path.to_path_buf(),
+                meta_path,
+                expected: meta.sha256.clone(),
+                actual,
+            });
+        }
+    }
+    Ok(ParseSummary { meta, ..summary })
+}
+
+/// Streams a file in batches; see the module docs for the contract. The
+/// callback's error stops the parse and is returned as [`FeedsError::Stopped`]
+/// (or as itself, when it is already a `FeedsError`).
+pub fn parse_file_batches(
+    path: &Path,
+    opts: &FileOptions,
+    on_batch: &mut dyn FnMut(RecordBatch) -> Result<(), FeedsError>,
+) -> Result<ParseSummary, FeedsError> {
+    let batch_size = opts.batch_size.max(1);
+    let mut current = RecordBatch::default();
+    let mut push = |r: RecordResult| {
+        // A full batch is handed over only when the next record exists, so
+        // the final batch always waits for the end-of-file checks.
+        if current.len() >= batch_size {
+            on_batch(std::mem::take(&mut current))?;
+        }
+        match r {
+            Ok(c) => current.cves.push(c),
+            Err(f) => current.failed.push(f),
+        }
+        Ok(())
+    };
+    let summary = parse_file(path, opts, &mut push)?;
+    current.is_last = true;
+    on_batch(current)?;
+    Ok(summary)
+}
+
+/// Like [`parse_file_batches`], on a blocking thread, sending batches over a
+/// bounded channel so an async caller can commit them while the next ones
+/// are parsed. The channel ends with `Ok(batch)` where `is_last` is set, or
+/// with one `Err`; the thread stops early if the receiver is dropped.
+pub fn spawn_file_batches(
+    path: PathBuf,
+    opts: FileOptions,
+    capacity: usize,
+) -> tokio::sync::mpsc::Receiver<Result<RecordBatch, FeedsError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+    std::thread::spawn(move || {
+        let mut send = |b: RecordBatch| {
+            tx.blocking_send(Ok(b))
+                .map_err(|_| FeedsError::Stopped("receiver dropped".into()))
+        };
+        if let Err(e) = parse_file_batches(&path, &opts, &mut send) {
+            if !matches!(e, FeedsError::Stopped(_)) {
+                let _ = tx.blocking_send(Err(e));
+            }
+        }
+    });
+    rx
+}
+
+/// The files an import `--from PATH` means: the file itself, or every
+/// `.json` / `.json.gz` file under a directory (recursively), sorted by path
+/// so imports are repeatable.
+pub fn list_feed_files(path: &Path) -> Result<Vec<PathBuf>, FeedsError> {
+    let io_err = |error| FeedsError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let meta = std::fs::metadata(path).map_err(io_err)?;
+    if meta.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|error| FeedsError::Io {
+            path: dir.clone(),
+            error,
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|error| FeedsError::Io {
+                path: dir.clone(),
+                error,
+            })?;
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if name.ends_with(".json") || name.ends_with(".json.gz") {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Opens a file, transparently decompressing gzip (detected by the magic
+/// bytes `1f 8b`, so a mis-named file still works).
+fn open_maybe_gzip(path: &Path) -> io::Result<Box<dyn Read>> {
+    let mut file = BufReader::with_capacity(64 * 1024, File::open(path)?);
+    let head = file.fill_buf()?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(MultiGzDecoder::new(file)))
+    } else {
+        Ok(Box::new(file))
+    }
+}
+
+/// Counts (and optionally hashes) the decompressed bytes as they are read,
+/// for error positions and the `.meta` check without a second pass.
+struct Tap<'a, R> {
+    inner: R,
+    read: &'a Cell<u64>,
+    hasher: Option<Sha256>,
+}
+
+impl<R: Read> Read for Tap<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.set(self.read.get() + n as u64);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+/// Runs the top-level seed and turns serde errors into [`FeedsError`]s,
+/// letting a consumer's own error through unchanged.
+fn run_document<'de, D>(
+    de: D,
+    origin: &str,
+    on_record: &mut dyn FnMut(RecordResult) -> Result<(), FeedsError>,
+    position: impl Fn() -> u64,
+) -> Result<ParseSummary, FeedsError>
+where
+    D: de::Deserializer<'de, Error = serde_json::Error>,
+{
+    let mut ctx = Ctx {
+        on_record,
+        index: 0,
+        parsed: 0,
+        failed: 0,
+        stop: None,
+    };
+    let result = TopSeed { ctx: &mut ctx }.deserialize(de);
+    if let Some(stop) = ctx.stop.take() {
+        return Err(stop);
+    }
+    let (kind, envelope) = result.map_err(|e| FeedsError::json(origin, &e, position()))?;
+    Ok(ParseSummary {
+        kind,
+        envelope,
+        parsed: ctx.parsed,
+        failed: ctx.failed,
+        meta: None,
+    })
+}
+
+/// State shared by the visitors: the consumer and the counters.
+struct Ctx<'c> {
+    on_record: &'c mut dyn FnMut(RecordResult) -> Result<(), FeedsError>,
+    index: usize,
+    parsed: usize,
+    failed: usize,
+    /// The consumer's error, kept aside so it is not reported as bad JSON.
+    stop: Option<FeedsError>,
+}
+
+impl Ctx<'_> {
+    fn emit<E: de::Error>(&mut self, parsed: Result<NvdCve, (Option<String>, String)>) -> Result<(), E> {
+        let index = self.index;
+        self.index += 1;
+        let result = match parsed {
+            Ok(nvd) => map_cve(&nvd).map_err(|e| RecordFailure {
+                cve_id: Some(e.cve_id),
+                index,
+                reason: e.message,
+            }),
+            Err((cve_id, reason)) => Err(RecordFailure {
+                cve_id,
+                index,
+                reason,
+            }),
+        };
+        match &result {
+            Ok(_) => self.parsed += 1,
+            Err(f) => {
+                self.failed += 1;
+                tracing::warn!(record = %f, "skipping NVD record that cannot be mapped");
+            }
+        }
+        (self.on_record)(result).map_err(|e| {
+            self.stop = Some(e);
+            E::custom("stopped by the consumer")
+        })
+    }
+
+    /// An element of `vulnerabilities`: `{"cve": {...}}` as raw text.
+    fn item<E: de::Error>(&mut self, raw: &RawValue) -> Result<(), E> {
+        let parsed = serde_json::from_str::<NvdItem>(raw.get())
+            .map(|i| i.cve)
+            .map_err(|e| (probe_id(raw.get(), true), record_reason(&e)));
+        self.emit(parsed)
+    }
+
+    /// The object under a top-level `cve` key.
+    fn wrapped<E: de::Error>(&mut self, raw: &RawValue) -> Result<(), E> {
+        let parsed = serde_json::from_str::<NvdCve>(raw.get())
+            .map_err(|e| (probe_id(raw.get(), false), record_reason(&e)));
+        self.emit(parsed)
+    }
+}
+
+/// A serde error inside one record, without the misleading line/column of
+/// the record's own text.
+fn record_reason(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// Best-effort id of a record that failed to deserialize, so the failure
+/// can name it.
+fn probe_id(text: &str, wrapped: bool) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Id {
+        id: Option<serde_json::Value>,
+    }
+    #[derive(Deserialize)]
+    struct Wrapper {
+        cve: Option<Id>,
+    }
+    let id = if wrapped {
+        serde_json::from_str::<Wrapper>(text).ok()?.cve?.id?
+    } else {
+        serde_json::from_str::<Id>(text).ok()?.id?
+    };
+    match id {
+        serde_json::Value::String(s) => Some(s),
+        other => Some(other.to_string()),
+    }
+}
+
+struct TopSeed<'a, 'c> {
+    ctx: &'a mut Ctx<'c>,
+}
+
+impl<'de> DeserializeSeed<'de> for TopSeed<'_, '_> {
+    type Value = (DocumentKind, Option<Envelope>);
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopSeed<'_, '_> {
+    type Value = (DocumentKind, Option<Envelope>);
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an NVD response/feed object, a {\"cve\": ...} wrapper or a cve object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut env = Envelope::default();
+        let mut saw_envelope = false;
+        let mut saw_wrapper = false;
+        // Keys of a bare cve object are collected; a cve object is small.
+        let mut bare = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "vulnerabilities" => {
+                    saw_envelope = true;
+                    map.next_value_seed(VulnsSeed { ctx: self.ctx })?;
+                }
+                "resultsPerPage" => {
+                    saw_envelope = true;
+                    env.results_per_page = map.next_value()?;
+                }
+                "startIndex" => {
+                    saw_envelope = true;
+                    env.start_index = map.next_value()?;
+                }
+                "totalResults" => {
+                    saw_envelope = true;
+                    env.total_results = map.next_value()?;
+                }
+                "format" => {
+                    saw_envelope = true;
+                    env.format = map.next_value()?;
+                }
+                "version" => {
+                    saw_envelope = true;
+                    env.version = map.next_value()?;
+                }
+                "timestamp" => {
+                    saw_envelope = true;
+                    env.timestamp = map.next_value()?;
+                }
+                "cve" if bare.is_empty() && !saw_envelope => {
+                    saw_wrapper = true;
+                    let raw: Box<RawValue> = map.next_value()?;
+                    self.ctx.wrapped(&raw)?;
+                }
+                _ if saw_envelope || saw_wrapper => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                _ => {
+                    let v: serde_json::Value = map.next_value()?;
+                    bare.insert(key, v);
+                }
+            }
+        }
+        if saw_envelope {
+            return Ok((DocumentKind::Envelope, Some(env)));
+        }
+        if saw_wrapper {
+            return Ok((DocumentKind::Wrapped, None));
+        }
+        if bare.is_empty() {
+            return Err(de::Error::custom(
+                "empty object: neither an NVD response nor a cve record",
+            ));
+        }
+        let value = serde_json::Value::Object(bare);
+        let id = value.get("id").map(|v| match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+        let parsed = serde_json::from_value::<NvdCve>(value).map_err(|e| (id, record_reason(&e)));
+        self.ctx.emit(parsed)?;
+        Ok((DocumentKind::Bare, None))
+    }
+}
+
+struct VulnsSeed<'a, 'c> {
+    ctx: &'a mut Ctx<'c>,
+}
+
+impl<'de> DeserializeSeed<'de> for VulnsSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for VulnsSeed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of {\"cve\": ...} objects")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
+            self.ctx.item(&raw)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for DocumentKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DocumentKind::Envelope => "envelope",
+            DocumentKind::Wrapped => "wrapped cve",
+            DocumentKind::Bare => "bare cve",
+        })
+    }
+}
