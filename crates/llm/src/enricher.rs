@@ -1,0 +1,205 @@
+//! One CVE in, one validated [`Enrichment`] out: the whole LLM step as the
+//! application's tasks see it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::Semaphore;
+
+use openthreat_core::{Cve, Enrichment};
+
+use crate::config::LlmConfig;
+use crate::error::LlmError;
+use crate::prompt::{build_prompt, output_schema, Prompt, SCHEMA_NAME};
+use crate::provider::{
+    build_provider, ChatMessage, ChatRequest, ChatResponse, ModelStatus, Provider,
+};
+use crate::validate::{validate, ValidationError};
+
+/// Enriches CVEs through one provider, with a bound on calls in flight.
+///
+/// Build one per process and share it (`Arc<Enricher>`): the semaphore
+/// inside is what keeps LLM calls at `OPENTHREAT_LLM_CONCURRENCY` however
+/// many worker slots run LLM tasks, so slow generations cannot occupy every
+/// slot and stall NVD updates or stats tasks.
+#[derive(Debug)]
+pub struct Enricher {
+    provider: Arc<dyn Provider>,
+    limiter: Arc<Semaphore>,
+    concurrency: usize,
+    temperature: f32,
+    max_tokens: u32,
+}
+
+/// A successful enrichment and what it cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnrichOutcome {
+    /// Ready to store: validated text, model, time and input hash.
+    pub enrichment: Enrichment,
+    pub stats: EnrichStats,
+    /// The first answer failed validation and the repair attempt passed;
+    /// this was its problem.
+    pub repaired_from: Option<String>,
+}
+
+/// Tokens and time of one enrichment (one or two calls).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct EnrichStats {
+    /// Chat calls made: 1, or 2 with a repair attempt.
+    pub calls: u32,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Wall time of the calls, without waiting for a concurrency permit.
+    pub elapsed: Duration,
+    /// Time spent waiting for a permit (other calls in flight).
+    pub queued: Duration,
+    /// Generation time as the server reported it, summed, when it did.
+    pub generation_time: Option<Duration>,
+}
+
+impl EnrichStats {
+    /// Generated tokens per second: by the server's generation time when it
+    /// reports one (Ollama), else by wall time.
+    pub fn tokens_per_second(&self) -> Option<f64> {
+        let secs = self.generation_time.unwrap_or(self.elapsed).as_secs_f64();
+        (secs > 0.0 && self.completion_tokens > 0).then(|| self.completion_tokens as f64 / secs)
+    }
+
+    fn add(&mut self, r: &ChatResponse) {
+        self.calls += 1;
+        self.prompt_tokens += r.prompt_tokens.unwrap_or(0);
+        self.completion_tokens += r.completion_tokens.unwrap_or(0);
+        self.elapsed += r.elapsed;
+        if let Some(g) = r.generation_time {
+            self.generation_time = Some(self.generation_time.unwrap_or_default() + g);
+        }
+    }
+}
+
+impl Enricher {
+    /// An enricher over any provider; `concurrency` is clamped to at least 1.
+    pub fn new(provider: Arc<dyn Provider>, concurrency: usize) -> Self {
+        let concurrency = concurrency.max(1);
+        let defaults = LlmConfig::default();
+        Enricher {
+            provider,
+            limiter: Arc::new(Semaphore::new(concurrency)),
+            concurrency,
+            temperature: defaults.temperature,
+            max_tokens: defaults.max_tokens,
+        }
+    }
+
+    /// The provider and limits the configuration names.
+    pub fn from_config(config: &LlmConfig) -> Result<Self, LlmError> {
+        let mut e = Enricher::new(build_provider(config)?, config.concurrency);
+        e.temperature = config.temperature;
+        e.max_tokens = config.max_tokens;
+        Ok(e)
+    }
+
+    pub fn provider(&self) -> &Arc<dyn Provider> {
+        &self.provider
+    }
+
+    /// The model name stored with each enrichment.
+    pub fn model(&self) -> &str {
+        self.provider.model()
+    }
+
+    /// Calls allowed in flight at once.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    /// Whether the server answers and has the model (not bounded by the
+    /// concurrency limit: it is cheap and must answer while generations run).
+    pub async fn health(&self) -> ModelStatus {
+        self.provider.health().await
+    }
+
+    /// Enriches one CVE: one structured call, validation, and when the
+    /// answer fails validation one repair call that names the problem.
+    ///
+    /// Errors: [`LlmError::BadOutput`] when the repaired answer fails too
+    /// (a failed attempt for the application to count); the provider's
+    /// errors otherwise. Nothing is returned that did not pass validation.
+    pub async fn enrich(&self, cve: &Cve) -> Result<EnrichOutcome, LlmError> {
+        let prompt = build_prompt(cve);
+        let waited = Instant::now();
+        // The semaphore is never closed, so acquiring cannot fail; map it
+        // anyway rather than panic.
+        let _permit = self
+            .limiter
+            .acquire()
+            .await
+            .map_err(|_| LlmError::Transient {
+                reason: "LLM concurrency limiter closed".to_string(),
+            })?;
+        let mut stats = EnrichStats {
+            queued: waited.elapsed(),
+            ..EnrichStats::default()
+        };
+
+        let mut messages = prompt.messages();
+        let first = self.call(&messages).await?;
+        stats.add(&first);
+        let problem = match validate(&first.content, &prompt) {
+            Ok(out) => return Ok(self.outcome(&prompt, out, stats, None)),
+            Err(problem) => problem,
+        };
+        tracing::debug!(cve = %prompt.cve_id, %problem, "LLM answer rejected; asking for a repair");
+
+        messages.push(ChatMessage::assistant(first.content));
+        messages.push(prompt.repair_message(&problem.to_string()));
+        let second = self.call(&messages).await?;
+        stats.add(&second);
+        match validate(&second.content, &prompt) {
+            Ok(out) => Ok(self.outcome(&prompt, out, stats, Some(problem.to_string()))),
+            Err(again) => Err(bad_output(&problem, &again)),
+        }
+    }
+
+    async fn call(&self, messages: &[ChatMessage]) -> Result<ChatResponse, LlmError> {
+        let request = ChatRequest {
+            messages: messages.to_vec(),
+            schema: output_schema(),
+            schema_name: SCHEMA_NAME.to_string(),
+            temperature: self.temperature,
+            max_tokens: self.max_tokens,
+        };
+        self.provider.chat(&request).await
+    }
+
+    fn outcome(
+        &self,
+        prompt: &Prompt,
+        out: crate::validate::ValidOutput,
+        stats: EnrichStats,
+        repaired_from: Option<String>,
+    ) -> EnrichOutcome {
+        EnrichOutcome {
+            enrichment: Enrichment {
+                simple_title: out.simple_title,
+                simple_description: out.simple_description,
+                recommended_action: Some(out.recommended_action),
+                model: self.provider.model().to_string(),
+                processed_at: Utc::now(),
+                input_hash: prompt.input_hash.clone(),
+            },
+            stats,
+            repaired_from,
+        }
+    }
+}
+
+fn bad_output(first: &ValidationError, last: &ValidationError) -> LlmError {
+    LlmError::BadOutput {
+        reason: if first == last {
+            format!("{last} (also after a repair attempt)")
+        } else {
+            format!("{last} (after a repair attempt for: {first})")
+        },
+    }
+}
