@@ -1,0 +1,593 @@
+//! The worker: fetches messages, runs tasks, stores results, acks late.
+//!
+//! One fetch loop leases messages while a semaphore has permits
+//! (`concurrency × prefetch_multiplier`), so the worker never holds more
+//! messages than it can soon run. Each message is handled on its own tokio
+//! task; the task body itself runs in a further spawned task so that a panic
+//! is caught as a FAILURE and a hard time limit can abort it. Acks come after
+//! the result is stored: a worker that dies mid-task leaves the message
+//! leased, and the broker hands it out again after the visibility timeout.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backend::{ResultBackend, State, TaskMeta};
+use crate::broker::{Broker, Delivery};
+use crate::error::Result;
+use crate::message::Message;
+use crate::task::{backoff, Failure, RequestInfo, Task, TaskContext, TaskError};
+
+mod rate;
+mod registry;
+mod state;
+
+use rate::TokenBucket;
+use registry::Registry;
+pub use state::{RequestInfoSnapshot, StateSnapshot, WorkerState};
+
+/// ETAs closer than this are waited for in memory instead of deferred to the broker.
+const NEAR_ETA: Duration = Duration::from_secs(1);
+
+/// Configures and builds a [`Worker`].
+#[derive(Debug)]
+pub struct WorkerBuilder<C> {
+    broker: Arc<dyn Broker>,
+    backend: Arc<dyn ResultBackend>,
+    context: C,
+    registry: Registry<C>,
+    concurrency: usize,
+    prefetch_multiplier: usize,
+    queues: Vec<String>,
+    hostname: Option<String>,
+    restore_interval: Duration,
+    lease_refresh_interval: Duration,
+    shutdown_timeout: Duration,
+    fetch_wait: Duration,
+}
+
+impl<C: Clone + Send + Sync + 'static> WorkerBuilder<C> {
+    /// Registers task type `T`; its name is `T::NAME`.
+    pub fn register<T: Task<Context = C>>(mut self) -> Self {
+        self.registry.register::<T>();
+        self
+    }
+
+    /// How many tasks run at once (default: number of CPUs).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Messages held per execution slot (Celery's `worker_prefetch_multiplier`, default 1).
+    pub fn prefetch_multiplier(mut self, n: usize) -> Self {
+        self.prefetch_multiplier = n.max(1);
+        self
+    }
+
+    /// Queues to consume (default `["celery"]`).
+    pub fn queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.queues = queues.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Node name (default `celery@<host>`), as `celery inspect` shows it.
+    pub fn hostname(mut self, name: impl Into<String>) -> Self {
+        self.hostname = Some(name.into());
+        self
+    }
+
+    /// How often expired leases are restored and due ETA messages released (default 10 s).
+    pub fn restore_interval(mut self, every: Duration) -> Self {
+        self.restore_interval = every;
+        self
+    }
+
+    /// How often leases of running tasks are renewed (default 60 s); keep it
+    /// well below the broker's visibility timeout.
+    pub fn lease_refresh_interval(mut self, every: Duration) -> Self {
+        self.lease_refresh_interval = every;
+        self
+    }
+
+    /// How long a warm shutdown waits for running tasks before aborting and
+    /// requeueing them (default 30 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Builds the worker.
+    pub fn build(self) -> Worker<C> {
+        let hostname = self.hostname.unwrap_or_else(|| {
+            let host = hostname::get()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "localhost".into());
+            format!("celery@{host}")
+        });
+        let mut buckets = HashMap::new();
+        for name in self.registry.names() {
+            if let Some(interval) = self
+                .registry
+                .get(&name)
+                .and_then(|e| e.options.rate_interval)
+            {
+                buckets.insert(name, TokenBucket::new(interval));
+            }
+        }
+        let state = Arc::new(WorkerState::new(
+            hostname.clone(),
+            self.queues.clone(),
+            self.registry.names(),
+        ));
+        Worker {
+            shared: Arc::new(Shared {
+                broker: self.broker,
+                backend: self.backend,
+                context: self.context,
+                registry: self.registry,
+                buckets,
+                state,
+                hostname,
+                queues: self.queues,
+                stop: CancellationToken::new(),
+                requeue: CancellationToken::new(),
+            }),
+            concurrency: self.concurrency * self.prefetch_multiplier,
+            restore_interval: self.restore_interval,
+            lease_refresh_interval: self.lease_refresh_interval,
+            shutdown_timeout: self.shutdown_timeout,
+            fetch_wait: self.fetch_wait,
+        }
+    }
+}
+
+struct Shared<C> {
+    broker: Arc<dyn Broker>,
+    backend: Arc<dyn ResultBackend>,
+    context: C,
+    registry: Registry<C>,
+    buckets: HashMap<String, TokenBucket>,
+    state: Arc<WorkerState>,
+    hostname: String,
+    queues: Vec<String>,
+    /// Stop fetching (warm shutdown began).
+    stop: CancellationToken,
+    /// Give up on running tasks: abort and requeue them.
+    requeue: CancellationToken,
+}
+
+/// A worker. Build with [`Worker::builder`], start with [`Worker::run`].
+pub struct Worker<C> {
+    shared: Arc<Shared<C>>,
+    concurrency: usize,
+    restore_interval: Duration,
+    lease_refresh_interval: Duration,
+    shutdown_timeout: Duration,
+    fetch_wait: Duration,
+}
+
+impl<C> std::fmt::Debug for Worker<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("hostname", &self.shared.hostname)
+            .field("queues", &self.shared.queues)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a task run ended, before bookkeeping.
+enum Outcome {
+    Finished(std::result::Result<std::result::Result<Value, TaskError>, tokio::task::JoinError>),
+    TimeLimit(Duration),
+    Requeue,
+}
+
+impl<C: Clone + Send + Sync + 'static> Worker<C> {
+    /// Starts configuring a worker over `broker` and `backend`; `context` is
+    /// cloned into every task run (put shared handles behind an `Arc`).
+    pub fn builder(
+        broker: Arc<dyn Broker>,
+        backend: Arc<dyn ResultBackend>,
+        context: C,
+    ) -> WorkerBuilder<C> {
+        WorkerBuilder {
+            broker,
+            backend,
+            context,
+            registry: Registry::new(),
+            concurrency: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(4),
+            prefetch_multiplier: 1,
+            queues: vec!["celery".to_owned()],
+            hostname: None,
+            restore_interval: Duration::from_secs(10),
+            lease_refresh_interval: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(30),
+            fetch_wait: Duration::from_secs(1),
+        }
+    }
+
+    /// The shared state (active/reserved/scheduled requests, counters, revoked ids).
+    pub fn state(&self) -> Arc<WorkerState> {
+        self.shared.state.clone()
+    }
+
+    /// Runs until `shutdown` resolves, then shuts down warmly: stops fetching,
+    /// lets running tasks finish for up to the shutdown timeout, requeues the
+    /// rest and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let shared = self.shared.clone();
+        shared.broker.declare(&shared.queues).await?;
+        tracing::info!(hostname = %shared.hostname, queues = ?shared.queues, concurrency = self.concurrency, "worker started");
+
+        let tracker = TaskTracker::new();
+        let housekeeping = tokio::spawn(housekeeping(
+            shared.clone(),
+            self.restore_interval,
+            self.lease_refresh_interval,
+        ));
+        let fetcher = tokio::spawn(fetch_loop(
+            shared.clone(),
+            tracker.clone(),
+            self.concurrency,
+            self.fetch_wait,
+        ));
+
+        shutdown.await;
+        tracing::info!("warm shutdown: no new messages; waiting for running tasks");
+        shared.stop.cancel();
+        // The fetch loop finishes its current (≤ 1 s) fetch so no popped message is dropped.
+        if let Err(e) = fetcher.await {
+            tracing::error!(error = %e, "fetch loop failed");
+        }
+        tracker.close();
+        if tokio::time::timeout(self.shutdown_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown timeout: aborting and requeueing running tasks");
+            shared.requeue.cancel();
+            tracker.wait().await;
+        }
+        housekeeping.abort();
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+}
+
+async fn fetch_loop<C: Clone + Send + Sync + 'static>(
+    shared: Arc<Shared<C>>,
+    tracker: TaskTracker,
+    slots: usize,
+    wait: Duration,
+) {
+    let permits = Arc::new(Semaphore::new(slots));
+    let mut backoff_pause = Duration::from_millis(100);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shared.stop.cancelled() => return,
+        };
+        if shared.stop.is_cancelled() {
+            return;
+        }
+        // Never cancelled mid-flight: a dropped BRPOP could lose a popped message.
+        match shared.broker.fetch(&shared.queues, wait).await {
+            Ok(Some(delivery)) => {
+                backoff_pause = Duration::from_millis(100);
+                shared.state.track_delivery(&delivery);
+                let shared = shared.clone();
+                tracker.spawn(async move {
+                    let tag = delivery.tag.clone();
+                    handle(&shared, delivery).await;
+                    shared.state.untrack_delivery(&tag);
+                    drop(permit);
+                });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "fetch failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff_pause) => {}
+                    _ = shared.stop.cancelled() => return,
+                }
+                backoff_pause = (backoff_pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn housekeeping<C>(shared: Arc<Shared<C>>, restore_every: Duration, refresh_every: Duration) {
+    let mut restore = tokio::time::interval(restore_every);
+    let mut refresh = tokio::time::interval(refresh_every);
+    refresh.tick().await;
+    loop {
+        tokio::select! {
+            _ = restore.tick() => {
+                match shared.broker.restore_visible().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(count = n, "restored unacked or released scheduled messages"),
+                    Err(e) => tracing::warn!(error = %e, "restore of unacked messages failed"),
+                }
+            }
+            _ = refresh.tick() => {
+                if let Err(e) = shared.broker.touch(&shared.state.deliveries()).await {
+                    tracing::warn!(error = %e, "lease refresh failed");
+                }
+            }
+        }
+    }
+}
+
+/// Logs broker/backend errors during bookkeeping: the message stays leased
+/// and comes back after the visibility timeout, so nothing is lost.
+fn log_err(what: &str, id: &str, r: Result<()>) {
+    if let Err(e) = r {
+        tracing::error!(task_id = id, error = %e, "{what} failed");
+    }
+}
+
+async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: Delivery) {
+    let broker = &shared.broker;
+    let msg = match Message::decode(delivery.raw.as_bytes()) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(queue = %delivery.queue, error = %e, "undecodable message moved to dead letters");
+            log_err(
+                "dead-letter",
+                "?",
+                broker.dead_letter(&delivery, &e.to_string()).await,
+            );
+            return;
+        }
+    };
+    let id = msg.headers.id.clone();
+    let name = msg.headers.task.clone();
+    let Some(entry) = shared.registry.get(&name) else {
+        let reason = format!("unknown task {name:?}");
+        tracing::error!(task_id = %id, "{reason}: moved to dead letters");
+        log_err(
+            "dead-letter",
+            &id,
+            broker.dead_letter(&delivery, &reason).await,
+        );
+        if msg.headers.ignore_result != Some(true) {
+            let f = Failure::new("celery.exceptions.NotRegistered", name.clone());
+            log_err(
+                "store",
+                &id,
+                shared
+                    .backend
+                    .store(&TaskMeta::failed(&id, State::Failure, &f, None))
+                    .await,
+            );
+        }
+        return;
+    };
+    let ignore_result = msg
+        .headers
+        .ignore_result
+        .unwrap_or(entry.options.ignore_result);
+    let store = |meta: TaskMeta| async move {
+        if !ignore_result {
+            log_err(
+                "store result",
+                &meta.task_id.clone(),
+                shared.backend.store(&meta).await,
+            );
+        }
+    };
+
+    shared.state.reserve(RequestInfoSnapshot {
+        id: id.clone(),
+        name: name.clone(),
+        args: Value::Array(msg.args.clone()),
+        kwargs: Value::Object(msg.kwargs.clone()),
+        queue: delivery.queue.clone(),
+        priority: msg.priority(),
+        retries: msg.headers.retries,
+        eta: msg.headers.eta,
+        received: Utc::now(),
+        started: None,
+    });
+    let _forget = Forget(&shared.state, &id);
+
+    if shared.state.is_revoked(&id) {
+        tracing::info!(task_id = %id, "revoked: discarded");
+        store(TaskMeta::failed(
+            &id,
+            State::Revoked,
+            &Failure::new("celery.exceptions.TaskRevokedError", "revoked"),
+            None,
+        ))
+        .await;
+        log_err("ack", &id, broker.ack(&delivery).await);
+        return;
+    }
+    if msg.headers.expires.is_some_and(|t| t <= Utc::now()) {
+        tracing::info!(task_id = %id, "expired: discarded");
+        store(TaskMeta::failed(
+            &id,
+            State::Revoked,
+            &Failure::new("celery.exceptions.TaskRevokedError", "expired"),
+            None,
+        ))
+        .await;
+        log_err("ack", &id, broker.ack(&delivery).await);
+        return;
+    }
+    if let Some(eta) = msg.headers.eta {
+        let until = (eta - Utc::now()).to_std().unwrap_or_default();
+        if until > NEAR_ETA {
+            log_err("defer", &id, broker.defer(&delivery, eta).await);
+            return;
+        }
+        if !until.is_zero() {
+            shared.state.set_scheduled(&id);
+            tokio::select! {
+                _ = tokio::time::sleep(until) => {}
+                _ = shared.stop.cancelled() => {
+                    log_err("requeue", &id, broker.requeue(&delivery).await);
+                    return;
+                }
+            }
+            shared.state.set_reserved(&id);
+        }
+    }
+    if let Some(bucket) = shared.buckets.get(&name) {
+        let slot = bucket.reserve();
+        tokio::select! {
+            _ = tokio::time::sleep_until(slot) => {}
+            _ = shared.stop.cancelled() => {
+                log_err("requeue", &id, broker.requeue(&delivery).await);
+                return;
+            }
+        }
+    }
+    let job = match (entry.prepare)(&msg.args, &msg.kwargs) {
+        Ok(job) => job,
+        Err(e) => {
+            let reason = format!("bad arguments for {name}: {e}");
+            tracing::error!(task_id = %id, "{reason}: moved to dead letters");
+            log_err(
+                "dead-letter",
+                &id,
+                broker.dead_letter(&delivery, &reason).await,
+            );
+            store(TaskMeta::failed(
+                &id,
+                State::Failure,
+                &Failure::new("TypeError", reason),
+                None,
+            ))
+            .await;
+            return;
+        }
+    };
+
+    // Limits: the message's own (`timelimit: [hard, soft]`) win over the task's.
+    let secs = |s: Option<f64>| s.filter(|s| *s > 0.0).map(Duration::from_secs_f64);
+    let hard = secs(msg.headers.timelimit.0).or(entry.options.time_limit);
+    let soft = secs(msg.headers.timelimit.1).or(entry.options.soft_time_limit);
+
+    shared.state.start(&id);
+    let cancel = CancellationToken::new();
+    let request = Arc::new(RequestInfo {
+        id: id.clone(),
+        name: name.clone(),
+        retries: msg.headers.retries,
+        queue: delivery.queue.clone(),
+        hostname: shared.hostname.clone(),
+    });
+    let ctx = TaskContext::new(shared.context.clone(), request, cancel.clone());
+    tracing::debug!(task_id = %id, task = %name, "started");
+    let started = Instant::now();
+    let mut running = tokio::spawn(job(ctx));
+    let far = started + Duration::from_secs(86_400 * 365);
+    let soft_at = soft.map_or(far, |d| started + d);
+    let hard_at = hard.map_or(far, |d| started + d);
+    let mut soft_fired = false;
+    let outcome = loop {
+        tokio::select! {
+            r = &mut running => break Outcome::Finished(r),
+            _ = tokio::time::sleep_until(soft_at), if !soft_fired => {
+                tracing::warn!(task_id = %id, "soft time limit exceeded: cancelling");
+                cancel.cancel();
+                soft_fired = true;
+            }
+            _ = tokio::time::sleep_until(hard_at) => {
+                running.abort();
+                break Outcome::TimeLimit(hard.unwrap_or_default());
+            }
+            _ = shared.requeue.cancelled() => {
+                running.abort();
+                break Outcome::Requeue;
+            }
+        }
+    };
+    let runtime = started.elapsed();
+
+    match outcome {
+        Outcome::Requeue => {
+            tracing::warn!(task_id = %id, "requeued at shutdown");
+            log_err("requeue", &id, broker.requeue(&delivery).await);
+            return;
+        }
+        Outcome::Finished(Ok(Ok(value))) => {
+            tracing::info!(task_id = %id, task = %name, ?runtime, "succeeded");
+            store(TaskMeta::new(&id, State::Success, value)).await;
+        }
+        Outcome::Finished(Ok(Err(TaskError::Retry { countdown, failure })))
+            if msg.headers.retries < entry.options.max_retries =>
+        {
+            let delay = countdown
+                .unwrap_or_else(|| backoff(entry.options.retry_backoff, msg.headers.retries));
+            let mut next = msg.clone();
+            next.headers.retries += 1;
+            next.headers.eta = chrono::Duration::from_std(delay)
+                .ok()
+                .map(|d| Utc::now() + d);
+            next.properties.delivery_tag = Some(uuid::Uuid::new_v4().to_string());
+            tracing::warn!(task_id = %id, task = %name, retry = next.headers.retries, ?delay, reason = %failure.message, "retry");
+            if let Err(e) = broker.publish(&next).await {
+                // Leave the message leased: it comes back after the visibility timeout.
+                tracing::error!(task_id = %id, error = %e, "could not publish retry");
+                return;
+            }
+            store(TaskMeta::failed(&id, State::Retry, &failure, None)).await;
+        }
+        Outcome::Finished(Ok(
+            Err(TaskError::Retry { failure, .. }) | Err(TaskError::Fail(failure)),
+        )) => {
+            tracing::error!(task_id = %id, task = %name, exc = %failure.exc_type, reason = %failure.message, "failed");
+            store(TaskMeta::failed(&id, State::Failure, &failure, None)).await;
+        }
+        Outcome::Finished(Err(join)) => {
+            let what = match join.try_into_panic() {
+                Ok(p) => p
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".to_owned()),
+                Err(_) => "task was cancelled".to_owned(),
+            };
+            tracing::error!(task_id = %id, task = %name, panic = %what, "task panicked");
+            let f = Failure::new("RuntimeError", format!("task panicked: {what}"));
+            store(TaskMeta::failed(&id, State::Failure, &f, None)).await;
+        }
+        Outcome::TimeLimit(limit) => {
+            tracing::error!(task_id = %id, task = %name, ?limit, "hard time limit exceeded: aborted");
+            let f = Failure::new(
+                "billiard.exceptions.TimeLimitExceeded",
+                format!("TimeLimitExceeded({})", limit.as_secs_f64()),
+            );
+            store(TaskMeta::failed(&id, State::Failure, &f, None)).await;
+        }
+    }
+    shared.state.count_processed(&name);
+    log_err("ack", &id, broker.ack(&delivery).await);
+}
+
+/// Removes a request from the worker state however `handle` returns.
+struct Forget<'a>(&'a WorkerState, &'a str);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.forget(self.1);
+    }
+}
