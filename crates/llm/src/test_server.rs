@@ -110,6 +110,8 @@ struct Shared {
     script: Mutex<Script>,
     slots: Semaphore,
     chats_answered: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
 }
 
 impl Shared {
@@ -179,6 +181,8 @@ impl TestLlmServer {
             }),
             slots: Semaphore::new(options.slots.max(1)),
             chats_answered: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
         });
         let app = Router::new()
             .route("/api/tags", get(ollama_tags))
@@ -233,6 +237,13 @@ impl TestLlmServer {
     /// Chat calls answered with status 200 so far.
     pub fn chats_answered(&self) -> usize {
         self.shared.chats_answered.load(Ordering::Relaxed)
+    }
+
+    /// The most chat calls the server has seen in flight at once (counted
+    /// from arrival, before waiting for a slot): what a client-side
+    /// concurrency limit must keep low.
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.max_in_flight.load(Ordering::Relaxed)
     }
 
     /// Stops serving; later calls find nobody listening (an LLM that
@@ -365,7 +376,25 @@ async fn openai_chat(
     chat(shared, req, Protocol::OpenAi).await
 }
 
+/// Counts a chat call in flight for as long as it lives.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 async fn chat(shared: Arc<Shared>, req: Value, protocol: Protocol) -> Response {
+    let _counted = InFlight::enter(&shared);
     let Ok(_slot) = shared.slots.acquire().await else {
         return json_response(503, r#"{"error":"closed"}"#.to_string());
     };

@@ -94,6 +94,11 @@ pub enum Problem {
     NotEnglish,
     /// The title does not name anything from the CVE record.
     ProductNotNamed,
+    /// A link or address: plain-language fields never need one, and a link
+    /// is what an injected instruction would most want shown to readers.
+    ContainsUrl {
+        url: String,
+    },
 }
 
 /// A rejected answer: which field and what problem.
@@ -144,6 +149,10 @@ impl fmt::Display for ValidationError {
                  your own plain words"
             ),
             Problem::NotEnglish => write!(f, "{field} is not written in English"),
+            Problem::ContainsUrl { url } => write!(
+                f,
+                "{field} contains the link {url}; write plain sentences without links"
+            ),
             Problem::ProductNotNamed => write!(
                 f,
                 "{field} does not name the affected product from the CVE data"
@@ -433,6 +442,9 @@ fn check(out: &ValidOutput, prompt: &Prompt) -> Result<(), ValidationError> {
     // Facts: every id, version and name must come from the input.
     let input_lower = prompt.input_text.to_lowercase();
     for (field, text) in fields {
+        if let Some(url) = find_url(text) {
+            return Err(err(field, Problem::ContainsUrl { url }));
+        }
         for id in cve_ids(text) {
             if !id.eq_ignore_ascii_case(&prompt.cve_id) {
                 return Err(err(field, Problem::OtherCveId { id }));
@@ -569,6 +581,16 @@ fn words_lower(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The first word that looks like a link (`http://`, `https://`, `www.`).
+fn find_url(text: &str) -> Option<String> {
+    text.split_whitespace()
+        .find(|w| {
+            let l = w.to_ascii_lowercase();
+            l.contains("http://") || l.contains("https://") || l.starts_with("www.")
+        })
+        .map(|w| w.trim_end_matches(['.', ',', ';', ')']).to_string())
+}
+
 /// `CVE-YYYY-NNNN...` occurrences, upper-cased.
 fn cve_ids(text: &str) -> Vec<String> {
     let upper = text.to_ascii_uppercase();
@@ -597,48 +619,62 @@ fn cve_ids(text: &str) -> Vec<String> {
     out
 }
 
-/// Dotted numbers such as `2.4.49` or `10.2` (a run of digits and dots with
-/// at least two numeric parts). CVSS scores (`9.8`) count too: inventing a
-/// score is as wrong as inventing a version.
+/// Dotted numbers such as `2.4.49`, `10.2` or `9.8p1` (digits and dots with
+/// at least two numeric parts, plus a letter-digit suffix glued to them).
+/// CVSS scores (`9.8`) count too: inventing a score is as wrong as
+/// inventing a version.
 fn version_numbers(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    let flush = |current: &mut String, out: &mut Vec<String>| {
-        let v = current.trim_matches('.').to_string();
-        if v.split('.').filter(|p| !p.is_empty()).count() >= 2 && !v.contains("..") {
-            out.push(v);
-        }
-        current.clear();
-    };
     let chars: Vec<char> = text.chars().collect();
-    for (i, &c) in chars.iter().enumerate() {
-        let glued_to_word =
-            i > 0 && chars[i - 1].is_alphabetic() && !matches!(chars[i - 1], 'v' | 'V');
-        if c.is_ascii_digit() || (c == '.' && !current.is_empty()) {
-            if current.is_empty() && glued_to_word {
-                // Digits inside a name ("Log4j", "x86") are not versions.
-                continue;
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let starts_number = chars[i].is_ascii_digit()
+            && (i == 0 || !chars[i - 1].is_alphanumeric() || matches!(chars[i - 1], 'v' | 'V'));
+        let v_prefix = matches!(chars[i], 'v' | 'V')
+            && (i == 0 || !chars[i - 1].is_alphanumeric())
+            && chars.get(i + 1).is_some_and(char::is_ascii_digit);
+        if v_prefix {
+            i += 1;
+            continue;
+        }
+        if !starts_number {
+            // Skip the rest of a word, so digits inside names ("Log4j",
+            // "x86") are not taken for versions.
+            while i < chars.len() && chars[i].is_alphanumeric() {
+                i += 1;
             }
-            current.push(c);
-        } else {
-            flush(&mut current, &mut out);
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < chars.len()
+            && (chars[i].is_ascii_digit()
+                || (chars[i] == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit)))
+        {
+            i += 1;
+        }
+        let numeric: String = chars[start..i].iter().collect();
+        while i < chars.len() && chars[i].is_ascii_alphanumeric() {
+            i += 1;
+        }
+        if numeric.contains('.') {
+            out.push(chars[start..i].iter().collect());
         }
     }
-    flush(&mut current, &mut out);
     out
 }
 
-/// Whether `number` occurs in `haystack` not glued to further digits, so
-/// `2.4` matches in "2.4.50" (a release line) but `4.5` does not match in
-/// "2.4.50".
+/// Whether `number` occurs in `haystack` not glued to further digits or
+/// letters, so `2.4` matches in "2.4.50" (a release line) but `4.5` does
+/// not match in "2.4.50" and `1.0.1` does not match in "1.0.1g".
 fn appears_as_number(haystack: &str, number: &str) -> bool {
     let bytes = haystack.as_bytes();
     let mut from = 0;
     while let Some(pos) = haystack[from..].find(number) {
         let start = from + pos;
         let end = start + number.len();
-        let before_ok = start == 0 || !bytes[start - 1].is_ascii_digit();
-        let after_ok = end >= bytes.len() || !bytes[end].is_ascii_digit();
+        let before_ok = start == 0 || !bytes[start - 1].is_ascii_alphanumeric();
+        let after_ok = end >= bytes.len() || !bytes[end].is_ascii_alphanumeric();
         if before_ok && after_ok {
             return true;
         }
@@ -653,6 +689,11 @@ fn appears_as_number(haystack: &str, number: &str) -> bool {
 fn name_like_tokens(text: &str) -> Vec<String> {
     text.split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '(' | ')' | '"' | '/'))
         .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
+        .map(|w| {
+            w.strip_suffix("'s")
+                .or_else(|| w.strip_suffix("’s"))
+                .unwrap_or(w)
+        })
         .filter(|w| w.len() >= 3)
         .filter(|w| !w.to_ascii_uppercase().starts_with("CVE-"))
         .filter(|w| !w.to_ascii_uppercase().starts_with("CWE-"))
@@ -812,8 +853,8 @@ mod tests {
     #[test]
     fn versions_and_names_are_found() {
         assert_eq!(
-            version_numbers("Update to 2.4.51 or v3.1, not Log4j2 or x86."),
-            vec!["2.4.51", "3.1"]
+            version_numbers("Update to 2.4.51 or v3.1 or 9.8p1, not Log4j2.1 or x86."),
+            vec!["2.4.51", "3.1", "9.8p1"]
         );
         assert_eq!(
             name_like_tokens("Upgrade Log4j and FortiOS on 64-bit hosts"),
@@ -821,6 +862,7 @@ mod tests {
         );
         assert!(appears_as_number("fixed in 2.4.50 and later", "2.4"));
         assert!(!appears_as_number("fixed in 2.4.50", "4.5"));
+        assert!(!appears_as_number("before 1.0.1g", "1.0.1"));
     }
 
     #[test]
