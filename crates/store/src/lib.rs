@@ -1,1 +1,253 @@
-//! placeholder
+//! OpenThreat's storage: one [`Store`] trait, two implementations.
+//!
+//! Everything the service remembers — CVEs with their KEV, EPSS and LLM
+//! fields, ingestion runs, sync cursors, caches — goes through [`Store`], used
+//! as `Arc<dyn Store>`. PostgreSQL serves production deployments; SQLite is
+//! the embedded default that needs no service. The URL scheme picks one
+//! ([`connect`]). Both must behave identically, which the contract suite in
+//! `tests/contract.rs` checks by running every test against both.
+//!
+//! Queries are checked at run time (`sqlx::query`), so building needs no
+//! database. Values are always bound as parameters; the only SQL text chosen
+//! at run time is a sort column, and that comes from a whitelist
+//! ([`SortField`]).
+//!
+//! # Layout
+//! * `lib.rs`: the [`Store`] trait and [`connect`].
+//! * [`models`]: rows and results ([`VulnerabilityRow`], [`Page`],
+//!   [`UpsertSummary`], [`Stats`], ...), shaped like the API's JSON.
+//! * [`query`]: [`ListQuery`], the filters and the sort whitelist.
+//! * `plan`: backend-independent upsert planning (newer-wins, unchanged
+//!   detection, KEV/EPSS merge, priority via `openthreat-core`).
+//! * `postgres` / `sqlite`: the two implementations. Each has its own
+//!   migrations under `migrations/<backend>/`, embedded in the binary.
+//! * [`error`]: [`StoreError`] and URL redaction.
+//!
+//! # Storage decisions
+//! * List columns (CWE ids, vendors, products, references, ...) are JSON:
+//!   `JSONB` with GIN indexes on PostgreSQL; JSON text on SQLite, where the
+//!   vendor/product/CWE filters use an indexed side table
+//!   (`vulnerability_terms`) kept in step by the upsert.
+//! * Vendor and product names are stored lower case and CWE ids upper case,
+//!   so their filters are case-insensitive and still use the indexes.
+//! * SQLite keeps timestamps as fixed-width RFC 3339 text in UTC
+//!   (`2024-04-12T08:15:06.123456Z`), which sorts and compares correctly.
+//! * `updated_at` changes only when the source facts of a CVE change (an
+//!   import, KEV or EPSS), not on LLM enrichment or priority decay.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use openthreat_core::{Cve, CveId, Enrichment, Epss, KevFacts, Priority};
+
+pub mod error;
+pub mod models;
+mod plan;
+mod postgres;
+pub mod query;
+mod sqlite;
+
+pub use error::{redact_url, Result, StoreError};
+pub use models::{
+    ApplySummary, Backend, CacheEntry, DayCount, IngestionRun, LlmStats, Page, RunOutcome,
+    RunStatus, SeverityCount, SeverityDistribution, Stats, Suggestion, UpsertSummary,
+    VendorCount, VulnerabilityRow,
+};
+pub use postgres::PgStore;
+pub use query::{
+    ListQuery, SortField, SortFieldParseError, SortOrder, SortOrderParseError, MAX_PAGE_SIZE,
+};
+pub use sqlite::SqliteStore;
+
+/// Opens the database named by `url` and returns it as a [`Store`].
+///
+/// `sqlite:path`, `sqlite://path` and `sqlite::memory:` open SQLite (the file
+/// and its parent directory are created when missing); `postgres://` and
+/// `postgresql://` open PostgreSQL. A bad URL or an unreachable database is
+/// an error naming the problem, with any password redacted. Migrations are
+/// not applied here: call [`Store::migrate`].
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    let trimmed = url.trim();
+    let scheme = trimmed.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("sqlite") => Ok(Arc::new(SqliteStore::connect(trimmed).await?)),
+        Some("postgres" | "postgresql") => Ok(Arc::new(PgStore::connect(trimmed).await?)),
+        Some(other) => Err(StoreError::InvalidUrl {
+            url: redact_url(trimmed),
+            reason: format!(
+                "unsupported scheme {other:?}: expected sqlite:, postgres:// or postgresql://"
+            ),
+        }),
+        None => Err(StoreError::InvalidUrl {
+            url: redact_url(trimmed),
+            reason: "no scheme: expected sqlite:PATH, postgres://... or postgresql://...".into(),
+        }),
+    }
+}
+
+/// Everything OpenThreat stores, independent of the database.
+///
+/// Methods take `now` instead of reading the clock, so that priorities and
+/// time windows are testable; callers pass `Utc::now()`.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Which database this is.
+    fn backend(&self) -> Backend;
+
+    /// Applies the embedded migrations. Idempotent.
+    async fn migrate(&self) -> Result<()>;
+
+    /// A round trip to the database, for health checks.
+    async fn ping(&self) -> Result<()>;
+
+    /// Inserts or updates CVEs by `cve_id`, in one transaction.
+    ///
+    /// Re-importing identical records writes nothing (counted `unchanged`,
+    /// `updated_at` untouched). A record older (by `modified_at`) than the
+    /// stored one is ignored. LLM fields are always kept; when the
+    /// description changes they are marked stale (`llm_processed = false`,
+    /// old text kept until re-enriched). KEV facts already in the catalog
+    /// (see [`Store::apply_kev`]) are applied, EPSS facts already stored are
+    /// kept, and the priority is recomputed for every written row. Records
+    /// the database cannot hold (e.g. a CVSS score of 42) are listed in
+    /// `failed`; the rest of the batch is stored.
+    async fn upsert_cves(&self, cves: &[Cve], now: DateTime<Utc>) -> Result<UpsertSummary>;
+
+    /// Like [`Store::upsert_cves`] for records still in their JSON form
+    /// (a [`Cve`] serialised with serde): each record that does not parse —
+    /// e.g. an invalid CVE id — is listed in `failed` with its id and the
+    /// reason, and the rest of the batch is stored.
+    async fn upsert_raw(
+        &self,
+        records: &[serde_json::Value],
+        now: DateTime<Utc>,
+    ) -> Result<UpsertSummary> {
+        let mut parsed = Vec::with_capacity(records.len());
+        let mut failed = Vec::new();
+        for record in records {
+            match serde_json::from_value::<Cve>(record.clone()) {
+                Ok(cve) => parsed.push(cve),
+                Err(e) => {
+                    let id = record
+                        .get("cve_id")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("<missing cve_id>")
+                        .to_string();
+                    failed.push((id, e.to_string()));
+                }
+            }
+        }
+        let mut summary = self.upsert_cves(&parsed, now).await?;
+        failed.append(&mut summary.failed);
+        summary.failed = failed;
+        Ok(summary)
+    }
+
+    /// Records CISA KEV facts in the catalog table (so CVEs imported later
+    /// get them) and marks the stored CVEs exploited, recomputing their
+    /// priority. Rows whose KEV facts are already these are left alone.
+    async fn apply_kev(
+        &self,
+        entries: &[(CveId, KevFacts)],
+        now: DateTime<Utc>,
+    ) -> Result<ApplySummary>;
+
+    /// Sets EPSS facts on stored CVEs and recomputes their priority. Scores
+    /// for CVEs the store does not hold are counted `unknown` and dropped.
+    async fn apply_epss(&self, scores: &[(CveId, Epss)], now: DateTime<Utc>)
+        -> Result<ApplySummary>;
+
+    /// Recomputes every priority score and class at `now` (recency decays
+    /// with time). Returns the number of rows whose priority changed.
+    async fn recompute_priorities(&self, now: DateTime<Utc>) -> Result<u64>;
+
+    /// One CVE with every column, or `None`.
+    async fn get_cve(&self, cve_id: &CveId) -> Result<Option<VulnerabilityRow>>;
+
+    /// A filtered, sorted page of CVEs with the total count.
+    async fn list_cves(&self, query: &ListQuery) -> Result<Page<VulnerabilityRow>>;
+
+    /// Up to `limit` CVEs whose id or title starts with `prefix`
+    /// (case-insensitive), ids first.
+    async fn suggest(&self, prefix: &str, limit: u32) -> Result<Vec<Suggestion>>;
+
+    /// The `/stats` numbers at `now`.
+    async fn stats(&self, now: DateTime<Utc>) -> Result<Stats>;
+
+    /// The vendors named by the most CVEs.
+    async fn top_vendors(&self, limit: u32) -> Result<Vec<VendorCount>>;
+
+    /// Count per severity, all six severities, most severe first.
+    async fn severity_distribution(&self) -> Result<SeverityDistribution>;
+
+    /// CVEs published per UTC day over the `days` days ending today
+    /// (`now`'s date), oldest first, days without CVEs included as 0.
+    async fn timeline(&self, days: u32, now: DateTime<Utc>) -> Result<Vec<DayCount>>;
+
+    /// Opens an ingestion run in state `running` and returns its id.
+    async fn start_ingestion_run(&self, source: &str, now: DateTime<Utc>) -> Result<i64>;
+
+    /// Closes a run with its counts; the duration is `now - started_at`.
+    async fn finish_ingestion_run(
+        &self,
+        id: i64,
+        outcome: &RunOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// The latest runs, newest first.
+    async fn ingestion_runs(&self, limit: u32) -> Result<Vec<IngestionRun>>;
+
+    /// A value of the key/value sync state (ingestion cursors and the like).
+    async fn get_state(&self, key: &str) -> Result<Option<String>>;
+
+    /// Sets a sync-state value, replacing any previous one.
+    async fn set_state(&self, key: &str, value: &str, now: DateTime<Utc>) -> Result<()>;
+
+    /// Stores a computed statistic under `key`.
+    async fn put_stats_cache(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// A cached statistic, with the time it was computed.
+    async fn get_stats_cache(&self, key: &str) -> Result<Option<CacheEntry>>;
+
+    /// Stores a search result under `key`.
+    async fn put_search_cache(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// A cached search result, with the time it was stored.
+    async fn get_search_cache(&self, key: &str) -> Result<Option<CacheEntry>>;
+
+    /// Deletes stats and search cache entries stored before `older_than`;
+    /// returns how many were deleted.
+    async fn clean_cache(&self, older_than: DateTime<Utc>) -> Result<u64>;
+
+    /// Stores the LLM's text for a CVE and marks it processed.
+    /// [`StoreError::NotFound`] when the CVE is unknown.
+    async fn save_enrichment(&self, cve_id: &CveId, enrichment: &Enrichment) -> Result<()>;
+
+    /// Records a failed LLM attempt (the CVE stays unprocessed).
+    async fn record_llm_failure(
+        &self,
+        cve_id: &CveId,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// Unprocessed, non-rejected CVEs for the LLM, highest score first,
+    /// optionally of one priority class.
+    async fn llm_candidates(
+        &self,
+        priority: Option<Priority>,
+        limit: u32,
+    ) -> Result<Vec<VulnerabilityRow>>;
+}

@@ -1,0 +1,868 @@
+//! The PostgreSQL implementation, for deployments with many workers.
+//!
+//! Batches are written with one `INSERT ... SELECT FROM UNNEST(arrays)`
+//! statement: a fixed SQL text (so it is prepared once per connection)
+//! whatever the batch size, one round trip per batch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use openthreat_core::{CveId, Enrichment, Epss, KevFacts, Priority, Severity};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{Postgres, QueryBuilder, Row};
+
+use crate::error::{redact_url, Result, StoreError};
+use crate::models::{
+    row_from, ApplySummary, Backend, CacheEntry, DayCount, IngestionRun, LlmStats, Page,
+    RunOutcome, RunStatus, Stats, Suggestion, UpsertSummary, VendorCount, VulnerabilityRow,
+    VULN_COLUMNS,
+};
+use crate::plan::{
+    self, check_epss, compute_priority, dedup_by_id, existing_from, facts_from, plan_facts,
+    plan_upsert, FactsRow, FactsUpdate, PriorityInputs, RowValues, FACTS_COLUMNS, UPSERT_COLUMNS,
+};
+use crate::query::{escape_like, total_pages, ListQuery};
+use crate::{SeverityDistribution, Store};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Rows per UNNEST statement; bounds the size of one message to the server.
+const ROWS_PER_STATEMENT: usize = 5000;
+
+/// A [`Store`] on a PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+fn vuln_row(row: &PgRow) -> Result<VulnerabilityRow, sqlx::Error> {
+    Ok(row_from!(row))
+}
+
+fn facts_row(row: &PgRow) -> Result<FactsRow, sqlx::Error> {
+    Ok(facts_from!(row))
+}
+
+fn run_row(row: &PgRow) -> Result<IngestionRun, sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    let count = |name: &str| -> Result<u64, sqlx::Error> {
+        Ok(row.try_get::<i64, _>(name)?.max(0) as u64)
+    };
+    Ok(IngestionRun {
+        id: row.try_get("id")?,
+        source: row.try_get("source")?,
+        status: RunStatus::parse(&status),
+        started_at: row.try_get("started_at")?,
+        completed_at: row.try_get("completed_at")?,
+        duration_seconds: row.try_get("duration_seconds")?,
+        records_fetched: count("records_fetched")?,
+        records_inserted: count("records_inserted")?,
+        records_updated: count("records_updated")?,
+        records_failed: count("records_failed")?,
+        error: row.try_get("error")?,
+    })
+}
+
+fn clamp_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl PgStore {
+    /// Connects to the PostgreSQL database at `url` (`postgres://...`).
+    pub async fn connect(url: &str) -> Result<Self> {
+        let opts = PgConnectOptions::from_str(url).map_err(|e| StoreError::InvalidUrl {
+            url: redact_url(url),
+            reason: redact_url(&e.to_string()),
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await
+            .map_err(|e| StoreError::Connect {
+                backend: "PostgreSQL",
+                url: redact_url(url),
+                reason: redact_url(&e.to_string()),
+            })?;
+        Ok(PgStore { pool })
+    }
+
+    /// The underlying pool, for callers that need PostgreSQL directly.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn fetch_facts(
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        ids: &[String],
+    ) -> Result<Vec<FactsRow>> {
+        let sql = format!("SELECT {FACTS_COLUMNS} FROM vulnerabilities WHERE cve_id = ANY($1)");
+        let rows = sqlx::query(&sql).bind(ids).fetch_all(&mut **tx).await?;
+        Ok(rows.iter().map(facts_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn write_facts(
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        updates: &[FactsUpdate],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        for chunk in updates.chunks(ROWS_PER_STATEMENT) {
+            let col = |f: fn(&FactsUpdate) -> String| chunk.iter().map(f).collect::<Vec<_>>();
+            sqlx::query(
+                "UPDATE vulnerabilities v SET exploited_in_the_wild = u.exploited, \
+                 cisa_due_date = u.due, kev_date_added = u.added, kev_required_action = u.action, \
+                 kev_ransomware_use = u.ransomware, kev_vulnerability_name = u.vname, \
+                 epss_score = u.es, epss_percentile = u.ep, epss_date = u.ed, \
+                 sources = u.sources::jsonb, priority_score = u.ps, priority = u.p, updated_at = $14 \
+                 FROM UNNEST($1::text[], $2::bool[], $3::date[], $4::date[], $5::text[], \
+                   $6::bool[], $7::text[], $8::float8[], $9::float8[], $10::date[], $11::text[], \
+                   $12::float8[], $13::text[]) \
+                   AS u(cve_id, exploited, due, added, action, ransomware, vname, es, ep, ed, \
+                   sources, ps, p) \
+                 WHERE v.cve_id = u.cve_id",
+            )
+            .bind(col(|u| u.cve_id.clone()))
+            .bind(chunk.iter().map(|u| u.exploited).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|u| u.kev.due_date).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|u| u.kev.date_added).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|u| u.kev.required_action.clone()).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|u| u.kev.ransomware_use).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|u| u.kev.vulnerability_name.clone()).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|u| u.epss_score).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|u| u.epss_percentile).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|u| u.epss_date).collect::<Vec<_>>())
+            .bind(col(|u| u.sources.clone()))
+            .bind(chunk.iter().map(|u| u.priority_score).collect::<Vec<_>>())
+            .bind(col(|u| u.priority.clone()))
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn cache_put(
+        &self,
+        table: &str,
+        key: &str,
+        value: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let col = cache_time_column(table);
+        let sql = format!(
+            "INSERT INTO {table} (key, value, {col}) VALUES ($1, $2, $3) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, {col} = excluded.{col}"
+        );
+        sqlx::query(&sql)
+            .bind(key)
+            .bind(Json(value))
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn cache_get(&self, table: &str, key: &str) -> Result<Option<CacheEntry>> {
+        let col = cache_time_column(table);
+        let sql = format!("SELECT value, {col} AS stored_at FROM {table} WHERE key = $1");
+        let Some(row) = sqlx::query(&sql).bind(key).fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        let Json(value): Json<serde_json::Value> = row.try_get("value")?;
+        Ok(Some(CacheEntry {
+            value,
+            stored_at: row.try_get("stored_at")?,
+        }))
+    }
+}
+
+/// The two cache tables name their time column differently (as the
+/// original's did); table names here are crate constants, never input.
+fn cache_time_column(table: &str) -> &'static str {
+    if table == "stats_cache" {
+        "computed_at"
+    } else {
+        "created_at"
+    }
+}
+
+/// Appends the WHERE clause of a listing. Every value is bound.
+fn push_filters(qb: &mut QueryBuilder<'_, Postgres>, q: &ListQuery) {
+    qb.push(" WHERE TRUE");
+    if !q.include_rejected {
+        qb.push(" AND vuln_status <> 'Rejected'");
+    }
+    if let Some(s) = q.severity {
+        qb.push(" AND severity = ").push_bind(s.as_str());
+    }
+    if let Some(e) = q.exploited {
+        qb.push(" AND exploited_in_the_wild = ").push_bind(e);
+    }
+    // `@>` on a one-element array uses the GIN (jsonb_path_ops) indexes.
+    for (col, value) in [
+        ("vendors", q.vendor_norm()),
+        ("products", q.product_norm()),
+        ("cwe_ids", q.cwe_norm()),
+    ] {
+        if let Some(value) = value {
+            qb.push(format_args!(" AND {col} @> "))
+                .push_bind(Json(vec![value]));
+        }
+    }
+    if let Some(v) = q.min_cvss {
+        qb.push(" AND cvss_score >= ").push_bind(v);
+    }
+    if let Some(v) = q.max_cvss {
+        qb.push(" AND cvss_score <= ").push_bind(v);
+    }
+    if let Some(t) = q.published_after_inclusive() {
+        qb.push(" AND published_at >= ").push_bind(t);
+    }
+    if let Some(t) = q.published_before_exclusive() {
+        qb.push(" AND published_at < ").push_bind(t);
+    }
+    if let Some(t) = q.published_since {
+        qb.push(" AND published_at >= ").push_bind(t);
+    }
+    if let Some(p) = q.llm_processed {
+        qb.push(" AND llm_processed = ").push_bind(p);
+    }
+    if let Some(p) = q.priority {
+        qb.push(" AND priority = ").push_bind(p.as_str());
+    }
+    if let Some(pattern) = q.q_pattern() {
+        // TODO(search): tsvector + GIN with ranking; a substring scan until then.
+        qb.push(" AND (");
+        for (i, col) in [
+            "cve_id",
+            "title",
+            "description",
+            "simple_title",
+            "simple_description",
+            "vendors::text",
+            "products::text",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if i > 0 {
+                qb.push(" OR ");
+            }
+            qb.push(format_args!("lower({col}) LIKE "))
+                .push_bind(pattern.clone())
+                .push(" ESCAPE '\\'");
+        }
+        qb.push(")");
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Migrate(e.to_string()))
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn upsert_cves(
+        &self,
+        cves: &[openthreat_core::Cve],
+        now: DateTime<Utc>,
+    ) -> Result<UpsertSummary> {
+        if cves.is_empty() {
+            return Ok(UpsertSummary::default());
+        }
+        let mut ids: Vec<String> = cves.iter().map(|c| c.cve_id.to_string()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+
+        let mut tx = self.pool.begin().await?;
+        // Row locks on the existing records keep a concurrent upsert of the
+        // same CVEs from interleaving between our read and our write.
+        let sql = format!(
+            "SELECT {FACTS_COLUMNS}, modified_at, record_hash FROM vulnerabilities \
+             WHERE cve_id = ANY($1) FOR UPDATE"
+        );
+        let rows = sqlx::query(&sql).bind(&ids).fetch_all(&mut *tx).await?;
+        let mut existing = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let facts = facts_row(row)?;
+            let (id, ex) = existing_from(
+                facts,
+                row.try_get("modified_at")?,
+                row.try_get("record_hash")?,
+            );
+            existing.insert(id, ex);
+        }
+        let kev_rows = sqlx::query(
+            "SELECT cve_id, date_added, due_date, required_action, ransomware_use, \
+             vulnerability_name FROM kev_entries WHERE cve_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut kev = HashMap::with_capacity(kev_rows.len());
+        for row in &kev_rows {
+            kev.insert(row.try_get::<String, _>("cve_id")?, kev_from_row(row)?);
+        }
+
+        let plan = plan_upsert(cves, existing, &kev, now);
+        for chunk in plan.rows.chunks(ROWS_PER_STATEMENT) {
+            write_rows(&mut tx, chunk, now).await?;
+        }
+        tx.commit().await?;
+        Ok(plan.summary)
+    }
+
+    async fn apply_kev(
+        &self,
+        entries: &[(CveId, KevFacts)],
+        now: DateTime<Utc>,
+    ) -> Result<ApplySummary> {
+        let (map, ids) = dedup_by_id(entries);
+        let mut tx = self.pool.begin().await?;
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let facts: Vec<&KevFacts> = chunk.iter().map(|id| &map[id]).collect();
+            sqlx::query(
+                "INSERT INTO kev_entries (cve_id, date_added, due_date, required_action, \
+                 ransomware_use, vulnerability_name, updated_at) \
+                 SELECT u.*, $7 FROM UNNEST($1::text[], $2::date[], $3::date[], $4::text[], \
+                   $5::bool[], $6::text[]) AS u \
+                 ON CONFLICT (cve_id) DO UPDATE SET date_added = excluded.date_added, \
+                 due_date = excluded.due_date, required_action = excluded.required_action, \
+                 ransomware_use = excluded.ransomware_use, \
+                 vulnerability_name = excluded.vulnerability_name, updated_at = excluded.updated_at",
+            )
+            .bind(chunk)
+            .bind(facts.iter().map(|k| k.date_added).collect::<Vec<_>>())
+            .bind(facts.iter().map(|k| k.due_date).collect::<Vec<_>>())
+            .bind(facts.iter().map(|k| k.required_action.clone()).collect::<Vec<_>>())
+            .bind(facts.iter().map(|k| k.ransomware_use).collect::<Vec<_>>())
+            .bind(facts.iter().map(|k| k.vulnerability_name.clone()).collect::<Vec<_>>())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let rows = Self::fetch_facts(&mut tx, &ids).await?;
+        let found = rows.len() as u64;
+        let updates = plan_facts(rows, now, |row| {
+            let new = map.get(&row.cve_id);
+            if new.is_none() || row.kev.as_ref() == new {
+                return false;
+            }
+            row.kev = new.cloned();
+            true
+        });
+        Self::write_facts(&mut tx, &updates, now).await?;
+        tx.commit().await?;
+        Ok(ApplySummary {
+            received: entries.len() as u64,
+            updated: updates.len() as u64,
+            unknown: ids.len() as u64 - found,
+        })
+    }
+
+    async fn apply_epss(
+        &self,
+        scores: &[(CveId, Epss)],
+        now: DateTime<Utc>,
+    ) -> Result<ApplySummary> {
+        for (id, e) in scores {
+            check_epss(id.as_str(), e)?;
+        }
+        let (map, ids) = dedup_by_id(scores);
+        let mut tx = self.pool.begin().await?;
+        let rows = Self::fetch_facts(&mut tx, &ids).await?;
+        let found = rows.len() as u64;
+        let updates = plan_facts(rows, now, |row| {
+            let new = map.get(&row.cve_id);
+            if new.is_none() || row.epss.as_ref() == new {
+                return false;
+            }
+            row.epss = new.cloned();
+            true
+        });
+        Self::write_facts(&mut tx, &updates, now).await?;
+        tx.commit().await?;
+        Ok(ApplySummary {
+            received: scores.len() as u64,
+            updated: updates.len() as u64,
+            unknown: ids.len() as u64 - found,
+        })
+    }
+
+    async fn recompute_priorities(&self, now: DateTime<Utc>) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "SELECT cve_id, cvss_score, severity, published_at, exploited_in_the_wild, \
+             epss_score, priority_score, priority FROM vulnerabilities",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut ids = Vec::new();
+        let mut scores = Vec::new();
+        let mut classes = Vec::new();
+        for row in &rows {
+            let severity: String = row.try_get("severity")?;
+            let inputs = PriorityInputs {
+                cvss_score: row.try_get("cvss_score")?,
+                severity: severity.parse().unwrap_or(Severity::Unknown),
+                published_at: row.try_get("published_at")?,
+                exploited: row.try_get("exploited_in_the_wild")?,
+                epss_score: row.try_get("epss_score")?,
+            };
+            let (score, class) = compute_priority(&inputs, now);
+            let old_score: f64 = row.try_get("priority_score")?;
+            let old_class: String = row.try_get("priority")?;
+            if old_score != score || old_class != class.as_str() {
+                ids.push(row.try_get::<String, _>("cve_id")?);
+                scores.push(score);
+                classes.push(class.as_str());
+            }
+        }
+        for start in (0..ids.len()).step_by(ROWS_PER_STATEMENT) {
+            let end = (start + ROWS_PER_STATEMENT).min(ids.len());
+            sqlx::query(
+                "UPDATE vulnerabilities v SET priority_score = u.ps, priority = u.p \
+                 FROM UNNEST($1::text[], $2::float8[], $3::text[]) AS u(cve_id, ps, p) \
+                 WHERE v.cve_id = u.cve_id",
+            )
+            .bind(&ids[start..end])
+            .bind(&scores[start..end])
+            .bind(&classes[start..end])
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(ids.len() as u64)
+    }
+
+    async fn get_cve(&self, cve_id: &CveId) -> Result<Option<VulnerabilityRow>> {
+        let sql = format!("SELECT {VULN_COLUMNS} FROM vulnerabilities WHERE cve_id = $1");
+        let row = sqlx::query(&sql)
+            .bind(cve_id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(vuln_row).transpose()?)
+    }
+
+    async fn list_cves(&self, query: &ListQuery) -> Result<Page<VulnerabilityRow>> {
+        query.validate()?;
+        let mut count = QueryBuilder::<Postgres>::new("SELECT COUNT(*) FROM vulnerabilities");
+        push_filters(&mut count, query);
+        let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+
+        let mut list =
+            QueryBuilder::<Postgres>::new(format!("SELECT {VULN_COLUMNS} FROM vulnerabilities"));
+        push_filters(&mut list, query);
+        let dir = query.order.sql();
+        list.push(format_args!(
+            " ORDER BY {} {dir} NULLS LAST, id {dir} LIMIT ",
+            query.sort.as_str()
+        ))
+        .push_bind(i64::from(query.page_size))
+        .push(" OFFSET ")
+        .push_bind(query.offset());
+        let rows = list.build().fetch_all(&self.pool).await?;
+        let items = rows.iter().map(vuln_row).collect::<Result<Vec<_>, _>>()?;
+        let total = total.max(0) as u64;
+        Ok(Page {
+            total,
+            page: query.page,
+            page_size: query.page_size,
+            total_pages: total_pages(total, query.page_size),
+            items,
+        })
+    }
+
+    async fn suggest(&self, prefix: &str, limit: u32) -> Result<Vec<Suggestion>> {
+        let prefix = prefix.trim();
+        if prefix.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let escaped = escape_like(prefix);
+        let rows = sqlx::query(
+            "SELECT cve_id, title FROM ( \
+               SELECT cve_id, title, 0 AS rank FROM vulnerabilities \
+                 WHERE cve_id LIKE $1 ESCAPE '\\' AND vuln_status <> 'Rejected' \
+               UNION ALL \
+               SELECT cve_id, title, 1 AS rank FROM vulnerabilities \
+                 WHERE lower(title) LIKE $2 ESCAPE '\\' AND vuln_status <> 'Rejected' \
+             ) s GROUP BY cve_id, title ORDER BY MIN(rank), cve_id DESC LIMIT $3",
+        )
+        .bind(format!("{}%", escaped.to_uppercase()))
+        .bind(format!("{}%", escaped.to_lowercase()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Suggestion {
+                    cve_id: r.try_get("cve_id")?,
+                    title: r.try_get("title")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn stats(&self, now: DateTime<Utc>) -> Result<Stats> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS total, \
+               COUNT(*) FILTER (WHERE exploited_in_the_wild) AS exploited, \
+               COUNT(*) FILTER (WHERE modified_at >= $1) AS recent, \
+               COUNT(*) FILTER (WHERE llm_processed) AS processed, \
+               COUNT(*) FILTER (WHERE NOT llm_processed AND priority = 'high') AS hp_pending, \
+               MAX(updated_at) AS last_update \
+             FROM vulnerabilities WHERE vuln_status <> 'Rejected'",
+        )
+        .bind(now - chrono::Duration::hours(24))
+        .fetch_one(&self.pool)
+        .await?;
+        let get = |name: &str| -> Result<u64, sqlx::Error> {
+            Ok(row.try_get::<i64, _>(name)?.max(0) as u64)
+        };
+        let by_severity = severity_counts(&self.pool).await?;
+        let total = get("total")?;
+        Ok(Stats {
+            total_vulnerabilities: total,
+            exploited_vulnerabilities: get("exploited")?,
+            critical_vulnerabilities: by_severity.get("CRITICAL").copied().unwrap_or(0),
+            high_vulnerabilities: by_severity.get("HIGH").copied().unwrap_or(0),
+            by_severity,
+            recent_updates: get("recent")?,
+            last_update: row.try_get("last_update")?,
+            llm: LlmStats::new(total, get("processed")?, get("hp_pending")?),
+        })
+    }
+
+    async fn top_vendors(&self, limit: u32) -> Result<Vec<VendorCount>> {
+        let rows = sqlx::query(
+            "SELECT e.name, COUNT(*) AS n FROM vulnerabilities v \
+             CROSS JOIN LATERAL jsonb_array_elements_text(v.vendors) AS e(name) \
+             WHERE v.vuln_status <> 'Rejected' \
+             GROUP BY e.name ORDER BY n DESC, e.name COLLATE \"C\" LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(VendorCount {
+                    name: r.try_get("name")?,
+                    count: r.try_get::<i64, _>("n")?.max(0) as u64,
+                })
+            })
+            .collect()
+    }
+
+    async fn severity_distribution(&self) -> Result<SeverityDistribution> {
+        Ok(crate::models::distribution(severity_counts(&self.pool).await?))
+    }
+
+    async fn timeline(&self, days: u32, now: DateTime<Utc>) -> Result<Vec<DayCount>> {
+        let (first, start) = crate::models::timeline_start(days, now);
+        let rows = sqlx::query(
+            "SELECT (published_at AT TIME ZONE 'UTC')::date AS day, COUNT(*) AS n \
+             FROM vulnerabilities \
+             WHERE published_at >= $1 AND published_at < $2 AND vuln_status <> 'Rejected' \
+             GROUP BY day",
+        )
+        .bind(start)
+        .bind(crate::models::day_after(now))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts = HashMap::new();
+        for r in &rows {
+            let day: NaiveDate = r.try_get("day")?;
+            counts.insert(day, r.try_get::<i64, _>("n")?.max(0) as u64);
+        }
+        Ok(crate::models::fill_days(first, days, &counts))
+    }
+
+    async fn start_ingestion_run(&self, source: &str, now: DateTime<Utc>) -> Result<i64> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO ingestion_runs (source, status, started_at) \
+             VALUES ($1, 'running', $2) RETURNING id",
+        )
+        .bind(source)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    async fn finish_ingestion_run(
+        &self,
+        id: i64,
+        outcome: &RunOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let started: Option<DateTime<Utc>> =
+            sqlx::query_scalar("SELECT started_at FROM ingestion_runs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let started =
+            started.ok_or_else(|| StoreError::NotFound(format!("ingestion run {id}")))?;
+        let status = if outcome.success {
+            RunStatus::Success
+        } else {
+            RunStatus::Failed
+        };
+        sqlx::query(
+            "UPDATE ingestion_runs SET status = $1, records_fetched = $2, records_inserted = $3, \
+             records_updated = $4, records_failed = $5, completed_at = $6, \
+             duration_seconds = $7, error = $8 WHERE id = $9",
+        )
+        .bind(status.as_str())
+        .bind(clamp_i64(outcome.records_fetched))
+        .bind(clamp_i64(outcome.records_inserted))
+        .bind(clamp_i64(outcome.records_updated))
+        .bind(clamp_i64(outcome.records_failed))
+        .bind(now)
+        .bind(crate::models::seconds_between(started, now))
+        .bind(&outcome.error)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn ingestion_runs(&self, limit: u32) -> Result<Vec<IngestionRun>> {
+        let rows = sqlx::query(
+            "SELECT id, source, status, started_at, completed_at, duration_seconds, \
+             records_fetched, records_inserted, records_updated, records_failed, error \
+             FROM ingestion_runs ORDER BY started_at DESC, id DESC LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(run_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn get_state(&self, key: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM sync_state WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn set_state(&self, key: &str, value: &str, now: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sync_state (key, value, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(key)
+        .bind(value)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn put_stats_cache(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.cache_put("stats_cache", key, value, now).await
+    }
+
+    async fn get_stats_cache(&self, key: &str) -> Result<Option<CacheEntry>> {
+        self.cache_get("stats_cache", key).await
+    }
+
+    async fn put_search_cache(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.cache_put("search_cache", key, value, now).await
+    }
+
+    async fn get_search_cache(&self, key: &str) -> Result<Option<CacheEntry>> {
+        self.cache_get("search_cache", key).await
+    }
+
+    async fn clean_cache(&self, older_than: DateTime<Utc>) -> Result<u64> {
+        let a = sqlx::query("DELETE FROM stats_cache WHERE computed_at < $1")
+            .bind(older_than)
+            .execute(&self.pool)
+            .await?;
+        let b = sqlx::query("DELETE FROM search_cache WHERE created_at < $1")
+            .bind(older_than)
+            .execute(&self.pool)
+            .await?;
+        Ok(a.rows_affected() + b.rows_affected())
+    }
+
+    async fn save_enrichment(&self, cve_id: &CveId, e: &Enrichment) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE vulnerabilities SET simple_title = $1, simple_description = $2, \
+             recommended_action = $3, llm_model = $4, llm_processed_at = $5, \
+             llm_input_hash = $6, llm_processed = TRUE, llm_error = NULL, \
+             llm_claimed_until = NULL WHERE cve_id = $7",
+        )
+        .bind(&e.simple_title)
+        .bind(&e.simple_description)
+        .bind(&e.recommended_action)
+        .bind(&e.model)
+        .bind(e.processed_at)
+        .bind(&e.input_hash)
+        .bind(cve_id.as_str())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(cve_id.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn record_llm_failure(
+        &self,
+        cve_id: &CveId,
+        error: &str,
+        _now: DateTime<Utc>,
+    ) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE vulnerabilities SET llm_error = $1, llm_attempts = llm_attempts + 1, \
+             llm_claimed_until = NULL WHERE cve_id = $2",
+        )
+        .bind(error)
+        .bind(cve_id.as_str())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(cve_id.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn llm_candidates(
+        &self,
+        priority: Option<Priority>,
+        limit: u32,
+    ) -> Result<Vec<VulnerabilityRow>> {
+        let mut qb = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {VULN_COLUMNS} FROM vulnerabilities \
+             WHERE NOT llm_processed AND vuln_status <> 'Rejected'"
+        ));
+        if let Some(p) = priority {
+            qb.push(" AND priority = ").push_bind(p.as_str());
+        }
+        qb.push(" ORDER BY priority_score DESC, id DESC LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(vuln_row).collect::<Result<_, _>>()?)
+    }
+}
+
+fn kev_from_row(row: &PgRow) -> Result<KevFacts, sqlx::Error> {
+    Ok(KevFacts {
+        date_added: row.try_get("date_added")?,
+        due_date: row.try_get("due_date")?,
+        required_action: row.try_get("required_action")?,
+        ransomware_use: row.try_get("ransomware_use")?,
+        vulnerability_name: row.try_get("vulnerability_name")?,
+    })
+}
+
+async fn severity_counts(pool: &PgPool) -> Result<BTreeMap<String, u64>> {
+    let rows = sqlx::query(
+        "SELECT severity, COUNT(*) AS n FROM vulnerabilities \
+         WHERE vuln_status <> 'Rejected' GROUP BY severity",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut map: BTreeMap<String, u64> = Severity::ALL
+        .iter()
+        .map(|s| (s.as_str().to_string(), 0))
+        .collect();
+    for r in &rows {
+        map.insert(r.try_get("severity")?, r.try_get::<i64, _>("n")?.max(0) as u64);
+    }
+    Ok(map)
+}
+
+/// One UNNEST upsert of planned rows: each column travels as one array.
+async fn write_rows(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    rows: &[RowValues],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let cols = UPSERT_COLUMNS.join(", ");
+    let sql = format!(
+        "INSERT INTO vulnerabilities ({cols}, created_at, updated_at) \
+         SELECT c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, c16, c17, \
+           c18, c19, c20::jsonb, c21::jsonb, c22::jsonb, c23::jsonb, c24::jsonb, c25::jsonb, \
+           c26::jsonb, c27, c28, c29, $30, $30 \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::float8[], $5::text[], $6::text[], \
+           $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::bool[], \
+           $12::date[], $13::date[], $14::text[], $15::bool[], $16::text[], $17::float8[], \
+           $18::float8[], $19::date[], $20::text[], $21::text[], $22::text[], $23::text[], \
+           $24::text[], $25::text[], $26::text[], $27::float8[], $28::text[], $29::text[]) \
+           AS u(c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, c16, c17, \
+           c18, c19, c20, c21, c22, c23, c24, c25, c26, c27, c28, c29){}",
+        plan::on_conflict_clause()
+    );
+    fn strs(rows: &[RowValues], f: impl Fn(&RowValues) -> &str) -> Vec<&str> {
+        rows.iter().map(f).collect()
+    }
+    fn opt_strs(rows: &[RowValues], f: impl Fn(&RowValues) -> Option<&str>) -> Vec<Option<&str>> {
+        rows.iter().map(f).collect()
+    }
+    sqlx::query(&sql)
+        .bind(strs(rows, |r| &r.cve_id))
+        .bind(strs(rows, |r| &r.title))
+        .bind(strs(rows, |r| &r.description))
+        .bind(rows.iter().map(|r| r.cvss_score).collect::<Vec<_>>())
+        .bind(opt_strs(rows, |r| r.cvss_vector.as_deref()))
+        .bind(opt_strs(rows, |r| r.cvss_version.as_deref()))
+        .bind(strs(rows, |r| &r.severity))
+        .bind(rows.iter().map(|r| r.published_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.modified_at).collect::<Vec<_>>())
+        .bind(strs(rows, |r| &r.vuln_status))
+        .bind(rows.iter().map(|r| r.exploited).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.cisa_due_date).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.kev_date_added).collect::<Vec<_>>())
+        .bind(opt_strs(rows, |r| r.kev_required_action.as_deref()))
+        .bind(rows.iter().map(|r| r.kev_ransomware_use).collect::<Vec<_>>())
+        .bind(opt_strs(rows, |r| r.kev_vulnerability_name.as_deref()))
+        .bind(rows.iter().map(|r| r.epss_score).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.epss_percentile).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.epss_date).collect::<Vec<_>>())
+        .bind(strs(rows, |r| &r.cwe_ids))
+        .bind(strs(rows, |r| &r.affected_products))
+        .bind(strs(rows, |r| &r.vendors))
+        .bind(strs(rows, |r| &r.products))
+        .bind(strs(rows, |r| &r.references))
+        .bind(strs(rows, |r| &r.sources))
+        .bind(strs(rows, |r| &r.source_tags))
+        .bind(rows.iter().map(|r| r.priority_score).collect::<Vec<_>>())
+        .bind(strs(rows, |r| &r.priority))
+        .bind(strs(rows, |r| &r.record_hash))
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

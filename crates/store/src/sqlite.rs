@@ -1,0 +1,899 @@
+//! The SQLite implementation: the embedded default, one file, no service.
+//!
+//! Writes run in `BEGIN IMMEDIATE` transactions: they read the batch's
+//! current state and then write, and taking the write lock up front avoids
+//! the "database is locked" upgrade failure of a deferred transaction when
+//! another connection writes in between (`busy_timeout` then just waits).
+
+use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use openthreat_core::{CveId, Enrichment, Epss, KevFacts, Priority, Severity};
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use crate::error::{redact_url, Result, StoreError};
+use crate::models::{
+    row_from, ApplySummary, Backend, CacheEntry, DayCount, IngestionRun, LlmStats, Page,
+    RunOutcome, RunStatus, Stats, Suggestion, UpsertSummary, VendorCount, VulnerabilityRow,
+    VULN_COLUMNS,
+};
+use crate::plan::{
+    self, check_epss, compute_priority, dedup_by_id, existing_from, facts_from, plan_facts,
+    plan_upsert, FactsRow, FactsUpdate, PriorityInputs, RowValues, FACTS_COLUMNS, UPSERT_COLUMNS,
+};
+use crate::query::{escape_like, total_pages, ListQuery};
+use crate::{SeverityDistribution, Store};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Rows per multi-row INSERT: 31 parameters each stays far below SQLite's
+/// limit of 32766 bound parameters, while amortising the per-statement cost.
+const ROWS_PER_INSERT: usize = 100;
+const TERMS_PER_INSERT: usize = 500;
+
+/// A [`Store`] on a SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+/// SQLite keeps timestamps as text; a fixed width (microseconds, `Z`) makes
+/// text order equal time order, so comparisons and indexes just work.
+fn ts(dt: DateTime<Utc>) -> String {
+    dt.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+fn vuln_row(row: &SqliteRow) -> Result<VulnerabilityRow, sqlx::Error> {
+    Ok(row_from!(row))
+}
+
+fn facts_row(row: &SqliteRow) -> Result<FactsRow, sqlx::Error> {
+    Ok(facts_from!(row))
+}
+
+fn run_row(row: &SqliteRow) -> Result<IngestionRun, sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    let count = |name: &str| -> Result<u64, sqlx::Error> {
+        Ok(row.try_get::<i64, _>(name)?.max(0) as u64)
+    };
+    Ok(IngestionRun {
+        id: row.try_get("id")?,
+        source: row.try_get("source")?,
+        status: RunStatus::parse(&status),
+        started_at: row.try_get("started_at")?,
+        completed_at: row.try_get("completed_at")?,
+        duration_seconds: row.try_get("duration_seconds")?,
+        records_fetched: count("records_fetched")?,
+        records_inserted: count("records_inserted")?,
+        records_updated: count("records_updated")?,
+        records_failed: count("records_failed")?,
+        error: row.try_get("error")?,
+    })
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the SQLite database at `url`
+    /// (`sqlite:path`, `sqlite://path` or `sqlite::memory:`).
+    pub async fn connect(url: &str) -> Result<Self> {
+        let invalid = |reason: String| StoreError::InvalidUrl {
+            url: redact_url(url),
+            reason,
+        };
+        let opts = SqliteConnectOptions::from_str(url).map_err(|e| invalid(e.to_string()))?;
+        let opts = opts
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL is durable in WAL mode except on power loss, and much faster.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        let connect_err = |reason: String| StoreError::Connect {
+            backend: "SQLite",
+            url: redact_url(url),
+            reason,
+        };
+        let filename = opts.get_filename().to_path_buf();
+        let in_memory = filename.to_string_lossy().starts_with("file:sqlx-in-memory")
+            || url.contains("mode=memory");
+        if !in_memory {
+            if let Some(parent) = filename.parent() {
+                if !parent.as_os_str().is_empty() {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        connect_err(format!("cannot create directory {}: {e}", parent.display()))
+                    })?;
+                }
+            }
+        }
+        let mut pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(30));
+        if in_memory {
+            // An in-memory database lives as long as one connection to it.
+            pool = pool.min_connections(1).idle_timeout(None).max_lifetime(None);
+        }
+        let pool = pool
+            .connect_with(opts)
+            .await
+            .map_err(|e| connect_err(redact_url(&e.to_string())))?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// The underlying pool, for callers that need SQLite directly (tests, tools).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn write_facts(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        updates: &[FactsUpdate],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let now = ts(now);
+        for u in updates {
+            sqlx::query(
+                "UPDATE vulnerabilities SET exploited_in_the_wild = ?, cisa_due_date = ?, \
+                 kev_date_added = ?, kev_required_action = ?, kev_ransomware_use = ?, \
+                 kev_vulnerability_name = ?, epss_score = ?, epss_percentile = ?, epss_date = ?, \
+                 sources = ?, priority_score = ?, priority = ?, updated_at = ? WHERE cve_id = ?",
+            )
+            .bind(u.exploited)
+            .bind(u.kev.due_date)
+            .bind(u.kev.date_added)
+            .bind(&u.kev.required_action)
+            .bind(u.kev.ransomware_use)
+            .bind(&u.kev.vulnerability_name)
+            .bind(u.epss_score)
+            .bind(u.epss_percentile)
+            .bind(u.epss_date)
+            .bind(&u.sources)
+            .bind(u.priority_score)
+            .bind(&u.priority)
+            .bind(&now)
+            .bind(&u.cve_id)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn fetch_facts(
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        ids: &[String],
+    ) -> Result<Vec<FactsRow>> {
+        let sql = format!(
+            "SELECT {FACTS_COLUMNS} FROM vulnerabilities \
+             WHERE cve_id IN (SELECT value FROM json_each(?))"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(serde_json::to_string(ids)?)
+            .fetch_all(&mut **tx)
+            .await?;
+        Ok(rows.iter().map(facts_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn cache_put(&self, table: &str, key: &str, value: &serde_json::Value, now: DateTime<Utc>) -> Result<()> {
+        let col = if table == "stats_cache" { "computed_at" } else { "created_at" };
+        let sql = format!(
+            "INSERT INTO {table} (key, value, {col}) VALUES (?, ?, ?) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, {col} = excluded.{col}"
+        );
+        sqlx::query(&sql)
+            .bind(key)
+            .bind(serde_json::to_string(value)?)
+            .bind(ts(now))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn cache_get(&self, table: &str, key: &str) -> Result<Option<CacheEntry>> {
+        let col = if table == "stats_cache" { "computed_at" } else { "created_at" };
+        let sql = format!("SELECT value, {col} AS stored_at FROM {table} WHERE key = ?");
+        let Some(row) = sqlx::query(&sql).bind(key).fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        let value: String = row.try_get("value")?;
+        Ok(Some(CacheEntry {
+            value: serde_json::from_str(&value)?,
+            stored_at: row.try_get("stored_at")?,
+        }))
+    }
+}
+
+/// Appends the WHERE clause of a listing. Every value is bound.
+fn push_filters(qb: &mut QueryBuilder<'_, Sqlite>, q: &ListQuery) {
+    qb.push(" WHERE 1 = 1");
+    if !q.include_rejected {
+        qb.push(" AND vuln_status <> 'Rejected'");
+    }
+    if let Some(s) = q.severity {
+        qb.push(" AND severity = ").push_bind(s.as_str());
+    }
+    if let Some(e) = q.exploited {
+        qb.push(" AND exploited_in_the_wild = ").push_bind(e);
+    }
+    for (kind, value) in [
+        ("vendor", q.vendor_norm()),
+        ("product", q.product_norm()),
+        ("cwe", q.cwe_norm()),
+    ] {
+        if let Some(value) = value {
+            qb.push(" AND cve_id IN (SELECT cve_id FROM vulnerability_terms WHERE kind = ")
+                .push_bind(kind)
+                .push(" AND value = ")
+                .push_bind(value)
+                .push(")");
+        }
+    }
+    if let Some(v) = q.min_cvss {
+        qb.push(" AND cvss_score >= ").push_bind(v);
+    }
+    if let Some(v) = q.max_cvss {
+        qb.push(" AND cvss_score <= ").push_bind(v);
+    }
+    if let Some(t) = q.published_after_inclusive() {
+        qb.push(" AND published_at >= ").push_bind(ts(t));
+    }
+    if let Some(t) = q.published_before_exclusive() {
+        qb.push(" AND published_at < ").push_bind(ts(t));
+    }
+    if let Some(t) = q.published_since {
+        qb.push(" AND published_at >= ").push_bind(ts(t));
+    }
+    if let Some(p) = q.llm_processed {
+        qb.push(" AND llm_processed = ").push_bind(p);
+    }
+    if let Some(p) = q.priority {
+        qb.push(" AND priority = ").push_bind(p.as_str());
+    }
+    if let Some(pattern) = q.q_pattern() {
+        // TODO(search): FTS5 with ranking; a substring scan until then.
+        qb.push(" AND (");
+        for (i, col) in [
+            "cve_id",
+            "title",
+            "description",
+            "simple_title",
+            "simple_description",
+            "vendors",
+            "products",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if i > 0 {
+                qb.push(" OR ");
+            }
+            qb.push(format_args!("lower({col}) LIKE "))
+                .push_bind(pattern.clone())
+                .push(" ESCAPE '\\'");
+        }
+        qb.push(")");
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Migrate(e.to_string()))
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn upsert_cves(
+        &self,
+        cves: &[openthreat_core::Cve],
+        now: DateTime<Utc>,
+    ) -> Result<UpsertSummary> {
+        if cves.is_empty() {
+            return Ok(UpsertSummary::default());
+        }
+        let mut ids: Vec<&str> = cves.iter().map(|c| c.cve_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let ids_json = serde_json::to_string(&ids)?;
+
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let sql = format!(
+            "SELECT {FACTS_COLUMNS}, modified_at, record_hash FROM vulnerabilities \
+             WHERE cve_id IN (SELECT value FROM json_each(?))"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(&ids_json)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut existing = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let facts = facts_row(row)?;
+            let (id, ex) = existing_from(
+                facts,
+                row.try_get("modified_at")?,
+                row.try_get("record_hash")?,
+            );
+            existing.insert(id, ex);
+        }
+        let kev_rows = sqlx::query(
+            "SELECT cve_id, date_added, due_date, required_action, ransomware_use, \
+             vulnerability_name FROM kev_entries WHERE cve_id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(&ids_json)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut kev = HashMap::with_capacity(kev_rows.len());
+        for row in &kev_rows {
+            kev.insert(row.try_get::<String, _>("cve_id")?, kev_from_row(row)?);
+        }
+
+        let plan = plan_upsert(cves, existing, &kev, now);
+        if !plan.rows.is_empty() {
+            write_rows(&mut tx, &plan.rows, now).await?;
+            write_terms(&mut tx, &plan.rows).await?;
+        }
+        tx.commit().await?;
+        Ok(plan.summary)
+    }
+
+    async fn apply_kev(
+        &self,
+        entries: &[(CveId, KevFacts)],
+        now: DateTime<Utc>,
+    ) -> Result<ApplySummary> {
+        let (map, ids) = dedup_by_id(entries);
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let now_s = ts(now);
+        for id in &ids {
+            let k = &map[id];
+            sqlx::query(
+                "INSERT INTO kev_entries (cve_id, date_added, due_date, required_action, \
+                 ransomware_use, vulnerability_name, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (cve_id) DO UPDATE SET date_added = excluded.date_added, \
+                 due_date = excluded.due_date, required_action = excluded.required_action, \
+                 ransomware_use = excluded.ransomware_use, \
+                 vulnerability_name = excluded.vulnerability_name, updated_at = excluded.updated_at",
+            )
+            .bind(id)
+            .bind(k.date_added)
+            .bind(k.due_date)
+            .bind(&k.required_action)
+            .bind(k.ransomware_use)
+            .bind(&k.vulnerability_name)
+            .bind(&now_s)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let rows = Self::fetch_facts(&mut tx, &ids).await?;
+        let found = rows.len() as u64;
+        let updates = plan_facts(rows, now, |row| {
+            let new = map.get(&row.cve_id);
+            if new.is_none() || row.kev.as_ref() == new {
+                return false;
+            }
+            row.kev = new.cloned();
+            true
+        });
+        self.write_facts(&mut tx, &updates, now).await?;
+        tx.commit().await?;
+        Ok(ApplySummary {
+            received: entries.len() as u64,
+            updated: updates.len() as u64,
+            unknown: ids.len() as u64 - found,
+        })
+    }
+
+    async fn apply_epss(
+        &self,
+        scores: &[(CveId, Epss)],
+        now: DateTime<Utc>,
+    ) -> Result<ApplySummary> {
+        for (id, e) in scores {
+            check_epss(id.as_str(), e)?;
+        }
+        let (map, ids) = dedup_by_id(scores);
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let rows = Self::fetch_facts(&mut tx, &ids).await?;
+        let found = rows.len() as u64;
+        let updates = plan_facts(rows, now, |row| {
+            let new = map.get(&row.cve_id);
+            if new.is_none() || row.epss.as_ref() == new {
+                return false;
+            }
+            row.epss = new.cloned();
+            true
+        });
+        self.write_facts(&mut tx, &updates, now).await?;
+        tx.commit().await?;
+        Ok(ApplySummary {
+            received: scores.len() as u64,
+            updated: updates.len() as u64,
+            unknown: ids.len() as u64 - found,
+        })
+    }
+
+    async fn recompute_priorities(&self, now: DateTime<Utc>) -> Result<u64> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let rows = sqlx::query(
+            "SELECT cve_id, cvss_score, severity, published_at, exploited_in_the_wild, \
+             epss_score, priority_score, priority FROM vulnerabilities",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut changed = 0;
+        for row in &rows {
+            let severity: String = row.try_get("severity")?;
+            let inputs = PriorityInputs {
+                cvss_score: row.try_get("cvss_score")?,
+                severity: severity.parse().unwrap_or(Severity::Unknown),
+                published_at: row.try_get("published_at")?,
+                exploited: row.try_get("exploited_in_the_wild")?,
+                epss_score: row.try_get("epss_score")?,
+            };
+            let (score, class) = compute_priority(&inputs, now);
+            let old_score: f64 = row.try_get("priority_score")?;
+            let old_class: String = row.try_get("priority")?;
+            if old_score != score || old_class != class.as_str() {
+                sqlx::query(
+                    "UPDATE vulnerabilities SET priority_score = ?, priority = ? WHERE cve_id = ?",
+                )
+                .bind(score)
+                .bind(class.as_str())
+                .bind(row.try_get::<String, _>("cve_id")?)
+                .execute(&mut *tx)
+                .await?;
+                changed += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    async fn get_cve(&self, cve_id: &CveId) -> Result<Option<VulnerabilityRow>> {
+        let sql = format!("SELECT {VULN_COLUMNS} FROM vulnerabilities WHERE cve_id = ?");
+        let row = sqlx::query(&sql)
+            .bind(cve_id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(vuln_row).transpose()?)
+    }
+
+    async fn list_cves(&self, query: &ListQuery) -> Result<Page<VulnerabilityRow>> {
+        query.validate()?;
+        let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM vulnerabilities");
+        push_filters(&mut count, query);
+        let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+
+        let mut list = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {VULN_COLUMNS} FROM vulnerabilities"
+        ));
+        push_filters(&mut list, query);
+        let dir = query.order.sql();
+        list.push(format_args!(
+            " ORDER BY {} {dir} NULLS LAST, id {dir} LIMIT ",
+            query.sort.as_str()
+        ))
+        .push_bind(i64::from(query.page_size))
+        .push(" OFFSET ")
+        .push_bind(query.offset());
+        let rows = list.build().fetch_all(&self.pool).await?;
+        let items = rows.iter().map(vuln_row).collect::<Result<Vec<_>, _>>()?;
+        let total = total.max(0) as u64;
+        Ok(Page {
+            total,
+            page: query.page,
+            page_size: query.page_size,
+            total_pages: total_pages(total, query.page_size),
+            items,
+        })
+    }
+
+    async fn suggest(&self, prefix: &str, limit: u32) -> Result<Vec<Suggestion>> {
+        let prefix = prefix.trim();
+        if prefix.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let pattern = format!("{}%", escape_like(prefix));
+        // LIKE is case-insensitive in SQLite and can use the NOCASE indexes.
+        let rows = sqlx::query(
+            "SELECT cve_id, title FROM ( \
+               SELECT cve_id, title, 0 AS rank FROM vulnerabilities \
+                 WHERE cve_id LIKE ?1 ESCAPE '\\' AND vuln_status <> 'Rejected' \
+               UNION \
+               SELECT cve_id, title, 1 AS rank FROM vulnerabilities \
+                 WHERE title LIKE ?1 ESCAPE '\\' AND vuln_status <> 'Rejected' \
+             ) GROUP BY cve_id ORDER BY MIN(rank), cve_id DESC LIMIT ?2",
+        )
+        .bind(&pattern)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Suggestion {
+                    cve_id: r.try_get("cve_id")?,
+                    title: r.try_get("title")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn stats(&self, now: DateTime<Utc>) -> Result<Stats> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS total, \
+               COUNT(*) FILTER (WHERE exploited_in_the_wild) AS exploited, \
+               COUNT(*) FILTER (WHERE modified_at >= ?) AS recent, \
+               COUNT(*) FILTER (WHERE llm_processed) AS processed, \
+               COUNT(*) FILTER (WHERE NOT llm_processed AND priority = 'high') AS hp_pending, \
+               MAX(updated_at) AS last_update \
+             FROM vulnerabilities WHERE vuln_status <> 'Rejected'",
+        )
+        .bind(ts(now - chrono::Duration::hours(24)))
+        .fetch_one(&self.pool)
+        .await?;
+        let get = |name: &str| -> Result<u64, sqlx::Error> {
+            Ok(row.try_get::<i64, _>(name)?.max(0) as u64)
+        };
+        let by_severity = severity_counts(&self.pool).await?;
+        let total = get("total")?;
+        Ok(Stats {
+            total_vulnerabilities: total,
+            exploited_vulnerabilities: get("exploited")?,
+            critical_vulnerabilities: by_severity.get("CRITICAL").copied().unwrap_or(0),
+            high_vulnerabilities: by_severity.get("HIGH").copied().unwrap_or(0),
+            by_severity,
+            recent_updates: get("recent")?,
+            last_update: row.try_get("last_update")?,
+            llm: LlmStats::new(total, get("processed")?, get("hp_pending")?),
+        })
+    }
+
+    async fn top_vendors(&self, limit: u32) -> Result<Vec<VendorCount>> {
+        let rows = sqlx::query(
+            "SELECT t.value AS name, COUNT(*) AS n FROM vulnerability_terms t \
+             JOIN vulnerabilities v ON v.cve_id = t.cve_id \
+             WHERE t.kind = 'vendor' AND v.vuln_status <> 'Rejected' \
+             GROUP BY t.value ORDER BY n DESC, t.value LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(VendorCount {
+                    name: r.try_get("name")?,
+                    count: r.try_get::<i64, _>("n")?.max(0) as u64,
+                })
+            })
+            .collect()
+    }
+
+    async fn severity_distribution(&self) -> Result<SeverityDistribution> {
+        Ok(crate::models::distribution(severity_counts(&self.pool).await?))
+    }
+
+    async fn timeline(&self, days: u32, now: DateTime<Utc>) -> Result<Vec<DayCount>> {
+        let (first, start) = crate::models::timeline_start(days, now);
+        let rows = sqlx::query(
+            "SELECT substr(published_at, 1, 10) AS day, COUNT(*) AS n FROM vulnerabilities \
+             WHERE published_at >= ? AND published_at < ? AND vuln_status <> 'Rejected' \
+             GROUP BY day",
+        )
+        .bind(ts(start))
+        .bind(ts(crate::models::day_after(now)))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts = HashMap::new();
+        for r in &rows {
+            let day: String = r.try_get("day")?;
+            if let Ok(d) = NaiveDate::parse_from_str(&day, "%Y-%m-%d") {
+                counts.insert(d, r.try_get::<i64, _>("n")?.max(0) as u64);
+            }
+        }
+        Ok(crate::models::fill_days(first, days, &counts))
+    }
+
+    async fn start_ingestion_run(&self, source: &str, now: DateTime<Utc>) -> Result<i64> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO ingestion_runs (source, status, started_at) VALUES (?, 'running', ?) \
+             RETURNING id",
+        )
+        .bind(source)
+        .bind(ts(now))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    async fn finish_ingestion_run(
+        &self,
+        id: i64,
+        outcome: &RunOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let started: Option<DateTime<Utc>> =
+            sqlx::query_scalar("SELECT started_at FROM ingestion_runs WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let started =
+            started.ok_or_else(|| StoreError::NotFound(format!("ingestion run {id}")))?;
+        let status = if outcome.success { RunStatus::Success } else { RunStatus::Failed };
+        sqlx::query(
+            "UPDATE ingestion_runs SET status = ?, records_fetched = ?, records_inserted = ?, \
+             records_updated = ?, records_failed = ?, completed_at = ?, duration_seconds = ?, \
+             error = ? WHERE id = ?",
+        )
+        .bind(status.as_str())
+        .bind(clamp_i64(outcome.records_fetched))
+        .bind(clamp_i64(outcome.records_inserted))
+        .bind(clamp_i64(outcome.records_updated))
+        .bind(clamp_i64(outcome.records_failed))
+        .bind(ts(now))
+        .bind(crate::models::seconds_between(started, now))
+        .bind(&outcome.error)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn ingestion_runs(&self, limit: u32) -> Result<Vec<IngestionRun>> {
+        let rows = sqlx::query(
+            "SELECT id, source, status, started_at, completed_at, duration_seconds, \
+             records_fetched, records_inserted, records_updated, records_failed, error \
+             FROM ingestion_runs ORDER BY started_at DESC, id DESC LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(run_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn get_state(&self, key: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM sync_state WHERE key = ?")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn set_state(&self, key: &str, value: &str, now: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sync_state (key, value, updated_at) VALUES (?, ?, ?) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .bind(key)
+        .bind(value)
+        .bind(ts(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn put_stats_cache(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.cache_put("stats_cache", key, value, now).await
+    }
+
+    async fn get_stats_cache(&self, key: &str) -> Result<Option<CacheEntry>> {
+        self.cache_get("stats_cache", key).await
+    }
+
+    async fn put_search_cache(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.cache_put("search_cache", key, value, now).await
+    }
+
+    async fn get_search_cache(&self, key: &str) -> Result<Option<CacheEntry>> {
+        self.cache_get("search_cache", key).await
+    }
+
+    async fn clean_cache(&self, older_than: DateTime<Utc>) -> Result<u64> {
+        let t = ts(older_than);
+        let a = sqlx::query("DELETE FROM stats_cache WHERE computed_at < ?")
+            .bind(&t)
+            .execute(&self.pool)
+            .await?;
+        let b = sqlx::query("DELETE FROM search_cache WHERE created_at < ?")
+            .bind(&t)
+            .execute(&self.pool)
+            .await?;
+        Ok(a.rows_affected() + b.rows_affected())
+    }
+
+    async fn save_enrichment(&self, cve_id: &CveId, e: &Enrichment) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE vulnerabilities SET simple_title = ?, simple_description = ?, \
+             recommended_action = ?, llm_model = ?, llm_processed_at = ?, llm_input_hash = ?, \
+             llm_processed = 1, llm_error = NULL, llm_claimed_until = NULL WHERE cve_id = ?",
+        )
+        .bind(&e.simple_title)
+        .bind(&e.simple_description)
+        .bind(&e.recommended_action)
+        .bind(&e.model)
+        .bind(ts(e.processed_at))
+        .bind(&e.input_hash)
+        .bind(cve_id.as_str())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(cve_id.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn record_llm_failure(
+        &self,
+        cve_id: &CveId,
+        error: &str,
+        _now: DateTime<Utc>,
+    ) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE vulnerabilities SET llm_error = ?, llm_attempts = llm_attempts + 1, \
+             llm_claimed_until = NULL WHERE cve_id = ?",
+        )
+        .bind(error)
+        .bind(cve_id.as_str())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(cve_id.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn llm_candidates(
+        &self,
+        priority: Option<Priority>,
+        limit: u32,
+    ) -> Result<Vec<VulnerabilityRow>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {VULN_COLUMNS} FROM vulnerabilities \
+             WHERE llm_processed = 0 AND vuln_status <> 'Rejected'"
+        ));
+        if let Some(p) = priority {
+            qb.push(" AND priority = ").push_bind(p.as_str());
+        }
+        qb.push(" ORDER BY priority_score DESC, id DESC LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(vuln_row).collect::<Result<_, _>>()?)
+    }
+}
+
+fn clamp_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn kev_from_row(row: &SqliteRow) -> Result<KevFacts, sqlx::Error> {
+    Ok(KevFacts {
+        date_added: row.try_get("date_added")?,
+        due_date: row.try_get("due_date")?,
+        required_action: row.try_get("required_action")?,
+        ransomware_use: row.try_get("ransomware_use")?,
+        vulnerability_name: row.try_get("vulnerability_name")?,
+    })
+}
+
+async fn severity_counts(pool: &SqlitePool) -> Result<BTreeMap<String, u64>> {
+    let rows = sqlx::query(
+        "SELECT severity, COUNT(*) AS n FROM vulnerabilities \
+         WHERE vuln_status <> 'Rejected' GROUP BY severity",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut map: BTreeMap<String, u64> =
+        Severity::ALL.iter().map(|s| (s.as_str().to_string(), 0)).collect();
+    for r in &rows {
+        map.insert(r.try_get("severity")?, r.try_get::<i64, _>("n")?.max(0) as u64);
+    }
+    Ok(map)
+}
+
+/// Multi-row upserts of the planned rows.
+async fn write_rows(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    rows: &[RowValues],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let now = ts(now);
+    let prefix = format!(
+        "INSERT INTO vulnerabilities ({}, created_at, updated_at) ",
+        UPSERT_COLUMNS.join(", ")
+    );
+    let tail = plan::on_conflict_clause();
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut qb = QueryBuilder::<Sqlite>::new(&prefix);
+        qb.push_values(chunk, |mut b, r| {
+            b.push_bind(r.cve_id.as_str())
+                .push_bind(r.title.as_str())
+                .push_bind(r.description.as_str())
+                .push_bind(r.cvss_score)
+                .push_bind(r.cvss_vector.as_deref())
+                .push_bind(r.cvss_version.as_deref())
+                .push_bind(r.severity.as_str())
+                .push_bind(ts(r.published_at))
+                .push_bind(ts(r.modified_at))
+                .push_bind(r.vuln_status.as_str())
+                .push_bind(r.exploited)
+                .push_bind(r.cisa_due_date)
+                .push_bind(r.kev_date_added)
+                .push_bind(r.kev_required_action.as_deref())
+                .push_bind(r.kev_ransomware_use)
+                .push_bind(r.kev_vulnerability_name.as_deref())
+                .push_bind(r.epss_score)
+                .push_bind(r.epss_percentile)
+                .push_bind(r.epss_date)
+                .push_bind(r.cwe_ids.as_str())
+                .push_bind(r.affected_products.as_str())
+                .push_bind(r.vendors.as_str())
+                .push_bind(r.products.as_str())
+                .push_bind(r.references.as_str())
+                .push_bind(r.sources.as_str())
+                .push_bind(r.source_tags.as_str())
+                .push_bind(r.priority_score)
+                .push_bind(r.priority.as_str())
+                .push_bind(r.record_hash.as_str())
+                .push_bind(now.clone())
+                .push_bind(now.clone());
+        });
+        qb.push(&tail);
+        qb.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Replaces the vendor/product/CWE filter terms of the written rows.
+async fn write_terms(tx: &mut sqlx::Transaction<'_, Sqlite>, rows: &[RowValues]) -> Result<()> {
+    let ids: Vec<&str> = rows.iter().map(|r| r.cve_id.as_str()).collect();
+    sqlx::query("DELETE FROM vulnerability_terms WHERE cve_id IN (SELECT value FROM json_each(?))")
+        .bind(serde_json::to_string(&ids)?)
+        .execute(&mut **tx)
+        .await?;
+    let terms: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .flat_map(|r| {
+            let id = r.cve_id.as_str();
+            r.vendor_terms
+                .iter()
+                .map(move |v| ("vendor", v.as_str(), id))
+                .chain(r.product_terms.iter().map(move |v| ("product", v.as_str(), id)))
+                .chain(r.cwe_terms.iter().map(move |v| ("cwe", v.as_str(), id)))
+        })
+        .collect();
+    for chunk in terms.chunks(TERMS_PER_INSERT) {
+        let mut qb =
+            QueryBuilder::<Sqlite>::new("INSERT OR IGNORE INTO vulnerability_terms (kind, value, cve_id) ");
+        qb.push_values(chunk, |mut b, (kind, value, id)| {
+            b.push_bind(*kind).push_bind(*value).push_bind(*id);
+        });
+        qb.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
