@@ -165,6 +165,11 @@ impl Message {
         for k in ["callbacks", "errbacks", "chain", "chord"] {
             embed.insert(k.to_owned(), Value::Null);
         }
+        // Keys Celery 5 always writes; kept so our messages have its shape.
+        let mut extra = Map::new();
+        extra.insert("replaced_task_nesting".into(), 0.into());
+        extra.insert("stamped_headers".into(), Value::Null);
+        extra.insert("stamps".into(), Value::Object(Map::new()));
         let argsrepr = serde_json::to_string(&args).ok();
         let kwargsrepr = serde_json::to_string(&kwargs).ok();
         Message {
@@ -185,11 +190,11 @@ impl Message {
                 kwargsrepr,
                 origin: Some(origin()),
                 ignore_result: None,
-                extra: Map::new(),
+                extra,
             },
             properties: Properties {
                 correlation_id: Some(id.to_owned()),
-                reply_to: None,
+                reply_to: Some(reply_to().to_owned()),
                 delivery_mode: 2,
                 delivery_info: DeliveryInfo {
                     exchange: String::new(),
@@ -293,6 +298,12 @@ impl Message {
     pub fn priority(&self) -> u8 {
         self.properties.priority.unwrap_or(0).min(9)
     }
+}
+
+/// The producer's reply address: one UUID per process, as Celery's `app.thread_oid`.
+fn reply_to() -> &'static str {
+    static OID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    OID.get_or_init(|| uuid::Uuid::new_v4().to_string())
 }
 
 /// `gen<pid>@<host>`, the `origin` Celery producers write.

@@ -109,6 +109,13 @@ impl<C: Clone + Send + Sync + 'static> WorkerBuilder<C> {
         self
     }
 
+    /// Longest single wait for a message (default 1 s, kombu's BRPOP
+    /// timeout); a warm shutdown waits for the current one to finish.
+    pub fn fetch_wait(mut self, wait: Duration) -> Self {
+        self.fetch_wait = wait;
+        self
+    }
+
     /// Builds the worker.
     pub fn build(self) -> Worker<C> {
         let hostname = self.hostname.unwrap_or_else(|| {
