@@ -56,7 +56,7 @@ pub struct Headers {
     #[serde(default, deserialize_with = "lenient_u32")]
     pub retries: u32,
     /// `[hard, soft]` time limits in seconds; either may be null.
-    #[serde(default)]
+    #[serde(default, serialize_with = "timelimit_ser")]
     pub timelimit: (Option<f64>, Option<f64>),
     #[serde(default)]
     pub root_id: Option<String>,
@@ -79,6 +79,16 @@ pub struct Headers {
 
 fn default_lang() -> String {
     "py".to_owned()
+}
+
+/// Whole seconds are written as integers, as Python writes `time_limit=20`.
+fn timelimit_ser<S: Serializer>(t: &(Option<f64>, Option<f64>), s: S) -> Result<S::Ok, S::Error> {
+    let num = |v: Option<f64>| match v {
+        Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => Value::from(f as i64),
+        Some(f) => Value::from(f),
+        None => Value::Null,
+    };
+    (num(t.0), num(t.1)).serialize(s)
 }
 
 fn lenient_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
