@@ -43,6 +43,22 @@ pub struct EnrichOutcome {
     pub repaired_from: Option<String>,
 }
 
+/// What the model answered on each call of one enrichment and what the
+/// validator said; for reports and debugging (`--verbose`), never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Transcript {
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// One call's raw answer and its verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    /// The assistant message exactly as received.
+    pub raw: String,
+    /// `None` when it passed validation, else the problem.
+    pub problem: Option<String>,
+}
+
 /// Tokens and time of one enrichment (one or two calls).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct EnrichStats {
@@ -126,6 +142,32 @@ impl Enricher {
     /// (a failed attempt for the application to count); the provider's
     /// errors otherwise. Nothing is returned that did not pass validation.
     pub async fn enrich(&self, cve: &Cve) -> Result<EnrichOutcome, LlmError> {
+        self.run(cve, None).await
+    }
+
+    /// [`Enricher::enrich`], also returning each raw answer and its verdict.
+    pub async fn enrich_with_transcript(
+        &self,
+        cve: &Cve,
+    ) -> (Result<EnrichOutcome, LlmError>, Transcript) {
+        let mut transcript = Transcript::default();
+        let result = self.run(cve, Some(&mut transcript)).await;
+        (result, transcript)
+    }
+
+    async fn run(
+        &self,
+        cve: &Cve,
+        mut transcript: Option<&mut Transcript>,
+    ) -> Result<EnrichOutcome, LlmError> {
+        let mut note = |raw: &str, verdict: &Result<crate::validate::ValidOutput, ValidationError>| {
+            if let Some(t) = transcript.as_deref_mut() {
+                t.attempts.push(AttemptRecord {
+                    raw: raw.to_string(),
+                    problem: verdict.as_ref().err().map(ToString::to_string),
+                });
+            }
+        };
         let prompt = build_prompt(cve);
         let waited = Instant::now();
         // The semaphore is never closed, so acquiring cannot fail; map it
@@ -145,7 +187,9 @@ impl Enricher {
         let mut messages = prompt.messages();
         let first = self.call(&messages).await?;
         stats.add(&first);
-        let problem = match validate(&first.content, &prompt) {
+        let verdict = validate(&first.content, &prompt);
+        note(&first.content, &verdict);
+        let problem = match verdict {
             Ok(out) => return Ok(self.outcome(&prompt, out, stats, None)),
             Err(problem) => problem,
         };
@@ -155,7 +199,9 @@ impl Enricher {
         messages.push(prompt.repair_message(&problem.to_string()));
         let second = self.call(&messages).await?;
         stats.add(&second);
-        match validate(&second.content, &prompt) {
+        let verdict = validate(&second.content, &prompt);
+        note(&second.content, &verdict);
+        match verdict {
             Ok(out) => Ok(self.outcome(&prompt, out, stats, Some(problem.to_string()))),
             Err(again) => Err(bad_output(&problem, &again)),
         }

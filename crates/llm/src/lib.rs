@@ -41,7 +41,7 @@ pub mod validate;
 pub mod test_server;
 
 pub use config::{LlmConfig, ProviderKind};
-pub use enricher::{EnrichOutcome, EnrichStats, Enricher};
+pub use enricher::{AttemptRecord, EnrichOutcome, EnrichStats, Enricher, Transcript};
 pub use error::{ConfigError, LlmError};
 pub use prompt::{build_prompt, output_schema, Prompt};
 pub use provider::{

@@ -311,3 +311,16 @@ async fn unknown_id_is_rejected_at_the_edge() {
     // The crate takes a parsed `Cve`; malformed ids never reach it.
     assert!(CveId::parse("CVE-2024-12").is_err());
 }
+
+#[tokio::test]
+async fn transcript_shows_each_raw_answer_and_verdict() {
+    let server = TestLlmServer::start().await;
+    let cve = nvd_cve("CVE-2024-6387").unwrap();
+    server.push(Reply::Content("not json".into()));
+    let (result, transcript) = enricher(&server).enrich_with_transcript(&cve).await;
+    assert!(result.is_ok());
+    assert_eq!(transcript.attempts.len(), 2);
+    assert_eq!(transcript.attempts[0].raw, "not json");
+    assert!(transcript.attempts[0].problem.is_some());
+    assert_eq!(transcript.attempts[1].problem, None);
+}
