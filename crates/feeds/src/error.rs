@@ -85,7 +85,11 @@ pub enum FeedsError {
 
 impl FeedsError {
     /// Builds [`FeedsError::Json`] from a serde_json error and where it happened.
-    pub(crate) fn json(origin: impl fmt::Display, err: &serde_json::Error, byte_offset: u64) -> Self {
+    pub(crate) fn json(
+        origin: impl fmt::Display,
+        err: &serde_json::Error,
+        byte_offset: u64,
+    ) -> Self {
         FeedsError::Json {
             origin: origin.to_string(),
             line: err.line(),
@@ -100,9 +104,7 @@ impl FeedsError {
     pub fn is_transient(&self) -> bool {
         match self {
             FeedsError::Http { .. } => true,
-            FeedsError::Status { status, .. } => {
-                *status == 403 || *status == 429 || *status >= 500
-            }
+            FeedsError::Status { status, .. } => *status == 403 || *status == 429 || *status >= 500,
             _ => false,
         }
     }

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use openthreat_core::{CvssVersion, Severity, VulnStatus};
 use openthreat_feeds::nvd::meta::FeedMeta;
 use openthreat_feeds::nvd::parse::{
-    list_feed_files, parse_file, FileOptions, parse_file_batches, parse_page, DocumentKind, RecordBatch,
-    RecordResult,
+    list_feed_files, parse_file, parse_file_batches, parse_page, DocumentKind, FileOptions,
+    RecordBatch, RecordResult,
 };
 use openthreat_feeds::FeedsError;
 
@@ -33,7 +33,12 @@ fn opts(batch_size: usize) -> FileOptions {
     }
 }
 
-fn collect(path: &Path) -> (Vec<openthreat_core::Cve>, Vec<openthreat_feeds::RecordFailure>) {
+fn collect(
+    path: &Path,
+) -> (
+    Vec<openthreat_core::Cve>,
+    Vec<openthreat_feeds::RecordFailure>,
+) {
     let mut ok = Vec::new();
     let mut bad = Vec::new();
     parse_file(path, &no_meta(), &mut |r: RecordResult| {
@@ -57,7 +62,11 @@ fn one(rel: &str) -> openthreat_core::Cve {
 #[test]
 fn every_nvd_fixture_parses() {
     let files = list_feed_files(&nvd("")).unwrap();
-    assert_eq!(files.len(), 22 + 37 + 5 + 1, "fixture files found: {files:?}");
+    assert_eq!(
+        files.len(),
+        22 + 37 + 5 + 1,
+        "fixture files found: {files:?}"
+    );
     let mut total = 0;
     for f in &files {
         let (ok, bad) = collect(f);
@@ -78,10 +87,16 @@ fn record_counts_per_document() {
     assert_eq!(count("pages/vunnel/full-page.json"), 38);
     assert_eq!(count("pages/osv.dev/conversion-nvd-testdata-test.json"), 13);
     assert_eq!(count("pages/vuls-data-update/empty-0-1.json"), 0);
-    assert_eq!(count("feeds/dependency-track/nvdcve-2.0-2021_duplicate-cpes.json"), 1);
+    assert_eq!(
+        count("feeds/dependency-track/nvdcve-2.0-2021_duplicate-cpes.json"),
+        1
+    );
     assert_eq!(count("feeds/vuls-data-update/nvdcve-2.0-2002.json.gz"), 4);
     assert_eq!(count("feeds/vuls-data-update/nvdcve-2.0-2021.json.gz"), 3);
-    assert_eq!(count("feeds/vuls-data-update/nvdcve-2.0-modified.json.gz"), 2);
+    assert_eq!(
+        count("feeds/vuls-data-update/nvdcve-2.0-modified.json.gz"),
+        2
+    );
 }
 
 #[test]
@@ -154,7 +169,9 @@ fn heartbleed() {
     assert_eq!(c.cwe_ids, vec!["CWE-125"]);
     // 286 references, 256 distinct ones.
     assert_eq!(c.references.len(), 256);
-    assert!(c.description.starts_with("The (1) TLS and (2) DTLS implementations in OpenSSL"));
+    assert!(c
+        .description
+        .starts_with("The (1) TLS and (2) DTLS implementations in OpenSSL"));
     assert_eq!(
         c.title,
         "The (1) TLS and (2) DTLS implementations in OpenSSL 1.0.1 before 1.0.1g do not properly handle Heartbeat Extension…"
@@ -174,7 +191,9 @@ fn heartbleed() {
     // 28 vulnerable vendor:product pairs, including the escaped-CPE one.
     assert_eq!(c.affected_products.len(), 28);
     assert!(c.affected_products.contains(&"openssl:openssl".to_string()));
-    assert!(c.affected_products.contains(&"ricon:s9922l_firmware".to_string()));
+    assert!(c
+        .affected_products
+        .contains(&"ricon:s9922l_firmware".to_string()));
     assert!(c.vendors.contains(&"siemens".to_string()));
     assert!(c.products.contains(&"filezilla_server".to_string()));
     let mut sorted = c.affected_products.clone();
@@ -294,7 +313,10 @@ fn cve_tags_become_source_tags() {
     }
     let tagged: Vec<_> = all
         .iter()
-        .filter(|c| c.source_tags.contains(&"unsupported-when-assigned".to_string()))
+        .filter(|c| {
+            c.source_tags
+                .contains(&"unsupported-when-assigned".to_string())
+        })
         .collect();
     assert!(!tagged.is_empty());
 }
@@ -303,7 +325,11 @@ fn cve_tags_become_source_tags() {
 fn platform_cpes_are_not_affected_products() {
     // EternalBlue: AND configurations with vulnerable:false platform nodes.
     let c = one("cve/CVE-2017-0144.json");
-    assert!(c.vendors.iter().all(|v| v == "microsoft" || v == "siemens"), "{:?}", c.vendors);
+    assert!(
+        c.vendors.iter().all(|v| v == "microsoft" || v == "siemens"),
+        "{:?}",
+        c.vendors
+    );
     // Duplicate CPEs across configurations are listed once.
     let c = one("feeds/dependency-track/nvdcve-2.0-2021_duplicate-cpes.json");
     let fedora = c
@@ -340,7 +366,11 @@ fn malformed_record_inside_good_page_is_skipped_with_its_id() {
     assert_eq!(page.failed.len(), 3);
     assert_eq!(page.failed[0].cve_id.as_deref(), Some(victim.as_str()));
     assert_eq!(page.failed[0].index, 1);
-    assert!(page.failed[0].reason.contains("invalid type"), "{}", page.failed[0]);
+    assert!(
+        page.failed[0].reason.contains("invalid type"),
+        "{}",
+        page.failed[0]
+    );
     assert_eq!(page.failed[1].cve_id.as_deref(), Some("CVE-2099-0001"));
     assert!(page.failed[1].reason.contains("published"));
     assert_eq!(page.failed[2].cve_id, None);
@@ -419,7 +449,10 @@ fn meta_checksum_match_and_mismatch() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    assert_eq!(got, 0, "no batch may be handed over from a file that failed");
+    assert_eq!(
+        got, 0,
+        "no batch may be handed over from a file that failed"
+    );
     assert!(err.to_string().contains("nvdcve-2.0-2022.json"));
 
     // A generated .meta for the gzip fixture matches (hash of the uncompressed JSON).

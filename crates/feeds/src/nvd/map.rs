@@ -30,7 +30,9 @@ pub fn map_cve(nvd: &NvdCve) -> Result<Cve, MapError> {
     };
     let cve_id = CveId::parse(&nvd.id).map_err(|e| err(e.to_string()))?;
     let published_at = match nvd.published.as_deref() {
-        Some(s) => parse_nvd_timestamp(s).ok_or_else(|| err(format!("bad published date {s:?}")))?,
+        Some(s) => {
+            parse_nvd_timestamp(s).ok_or_else(|| err(format!("bad published date {s:?}")))?
+        }
         None => return Err(err("missing published date".into())),
     };
     let modified_at = match nvd.last_modified.as_deref() {
@@ -92,7 +94,11 @@ pub fn parse_nvd_timestamp(s: &str) -> Option<DateTime<Utc>> {
     if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
         return Some(dt.with_timezone(&Utc));
     }
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S%.f"] {
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M:%S%.f",
+    ] {
         if let Ok(naive) = NaiveDateTime::parse_from_str(s, fmt) {
             return Some(naive.and_utc());
         }
@@ -139,9 +145,7 @@ pub fn choose_cvss(metrics: &NvdMetrics) -> Option<(Cvss, Severity)> {
     ];
     for (list, list_version) in lists {
         let usable = || list.iter().filter(|m| m.cvss_data.base_score.is_some());
-        let chosen = usable()
-            .find(|m| is_primary(m))
-            .or_else(|| usable().next());
+        let chosen = usable().find(|m| is_primary(m)).or_else(|| usable().next());
         if let Some(m) = chosen {
             return Some(metric_to_cvss(m, list_version));
         }
@@ -364,7 +368,8 @@ mod tests {
 
     #[test]
     fn cpe_23_with_escapes() {
-        let c = parse_cpe("cpe:2.3:o:ricon:s9922l_firmware:16.10.3\\(3794\\):*:*:*:*:*:*:*").unwrap();
+        let c =
+            parse_cpe("cpe:2.3:o:ricon:s9922l_firmware:16.10.3\\(3794\\):*:*:*:*:*:*:*").unwrap();
         assert_eq!(c.part, "o");
         assert_eq!(c.vendor, "ricon");
         assert_eq!(c.product, "s9922l_firmware");
@@ -377,7 +382,10 @@ mod tests {
     #[test]
     fn cpe_22_uri_and_rejects() {
         let c = parse_cpe("cpe:/o:redhat:enterprise_linux:9").unwrap();
-        assert_eq!((c.vendor.as_str(), c.product.as_str()), ("redhat", "enterprise_linux"));
+        assert_eq!(
+            (c.vendor.as_str(), c.product.as_str()),
+            ("redhat", "enterprise_linux")
+        );
         let c = parse_cpe("cpe:/a:foo%21:bar").unwrap();
         assert_eq!(c.vendor, "foo!");
         assert!(parse_cpe("cpe:2.3:a:*:*:*:*:*:*:*:*:*:*").is_none());

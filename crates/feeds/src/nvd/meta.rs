@@ -87,7 +87,11 @@ impl FeedMeta {
         if let Some(d) = &self.last_modified_date {
             s.push_str(&format!("lastModifiedDate:{d}\r\n"));
         }
-        for (k, v) in [("size", self.size), ("zipSize", self.zip_size), ("gzSize", self.gz_size)] {
+        for (k, v) in [
+            ("size", self.size),
+            ("zipSize", self.zip_size),
+            ("gzSize", self.gz_size),
+        ] {
             if let Some(v) = v {
                 s.push_str(&format!("{k}:{v}\r\n"));
             }
@@ -116,7 +120,10 @@ mod tests {
         let text = "lastModifiedDate:2025-08-25T03:00:56-04:00\r\nsize:173675564\r\nzipSize:15601830\r\ngzSize:15601694\r\nsha256:c7c69bd35b2665368bd8e0fbc53830c37635409f3ed7b36bcfacf9eb02072152\r\n";
         let m = FeedMeta::parse(text, Path::new("x.meta")).unwrap();
         assert_eq!(m.size, Some(173_675_564));
-        assert_eq!(m.last_modified_date.as_deref(), Some("2025-08-25T03:00:56-04:00"));
+        assert_eq!(
+            m.last_modified_date.as_deref(),
+            Some("2025-08-25T03:00:56-04:00")
+        );
         assert!(m.sha256.starts_with("C7C69BD3"));
         assert_eq!(FeedMeta::parse(&m.render(), Path::new("y")).unwrap(), m);
     }

@@ -391,7 +391,10 @@ struct Ctx<'c> {
 }
 
 impl Ctx<'_> {
-    fn emit<E: de::Error>(&mut self, parsed: Result<NvdCve, (Option<String>, String)>) -> Result<(), E> {
+    fn emit<E: de::Error>(
+        &mut self,
+        parsed: Result<NvdCve, (Option<String>, String)>,
+    ) -> Result<(), E> {
         let index = self.index;
         self.index += 1;
         let result = match parsed {
