@@ -55,36 +55,38 @@ pub use producer::{AsyncResult, Producer, SendOptions};
 pub use task::{Task, TaskContext, TaskError};
 pub use worker::{Worker, WorkerState};
 
-/// Connects to the broker at `url`: `redis://` / `rediss://` (an optional
-/// `?global_keyprefix=...` query sets kombu's key prefix) or `sqlite:path`.
+/// Connects to the broker at `url`: `redis://` / `rediss://` or `sqlite:path`.
+///
+/// Redis URLs may carry kombu transport options in the query string:
+/// `global_keyprefix=...` and `visibility_timeout=<seconds>`; SQLite URLs may
+/// carry `visibility_timeout` too (other query keys go to the driver).
 pub async fn connect_broker(url: &str) -> Result<Arc<dyn Broker>> {
+    let opts = UrlOptions::parse(url);
     if is_redis(url) {
-        let (url, prefix) = split_prefix(url);
-        Ok(Arc::new(
-            broker::redis::RedisBroker::connect(&url)
-                .await?
-                .with_prefix(prefix),
-        ))
+        let mut b = broker::redis::RedisBroker::connect(&opts.url).await?.with_prefix(opts.prefix);
+        if let Some(vt) = opts.visibility_timeout {
+            b = b.with_visibility_timeout(vt);
+        }
+        Ok(Arc::new(b))
     } else if url.starts_with("sqlite:") {
-        Ok(Arc::new(broker::sqlite::SqliteBroker::connect(url).await?))
+        let mut b = broker::sqlite::SqliteBroker::connect(&opts.url).await?;
+        if let Some(vt) = opts.visibility_timeout {
+            b = b.with_visibility_timeout(vt);
+        }
+        Ok(Arc::new(b))
     } else {
         Err(Error::Url(url.to_owned()))
     }
 }
 
-/// Connects to the result backend at `url` (same schemes as [`connect_broker`]).
+/// Connects to the result backend at `url` (same schemes and
+/// `global_keyprefix` as [`connect_broker`]).
 pub async fn connect_backend(url: &str) -> Result<Arc<dyn ResultBackend>> {
+    let opts = UrlOptions::parse(url);
     if is_redis(url) {
-        let (url, prefix) = split_prefix(url);
-        Ok(Arc::new(
-            backend::redis::RedisBackend::connect(&url)
-                .await?
-                .with_prefix(prefix),
-        ))
+        Ok(Arc::new(backend::redis::RedisBackend::connect(&opts.url).await?.with_prefix(opts.prefix)))
     } else if url.starts_with("sqlite:") {
-        Ok(Arc::new(
-            backend::sqlite::SqliteBackend::connect(url).await?,
-        ))
+        Ok(Arc::new(backend::sqlite::SqliteBackend::connect(&opts.url).await?))
     } else {
         Err(Error::Url(url.to_owned()))
     }
@@ -94,41 +96,42 @@ fn is_redis(url: &str) -> bool {
     url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")
 }
 
-/// Splits `global_keyprefix=...` off a Redis URL's query string.
-fn split_prefix(url: &str) -> (String, String) {
-    let Some((base, query)) = url.split_once('?') else {
-        return (url.to_owned(), String::new());
-    };
-    let mut prefix = String::new();
-    let rest: Vec<&str> = query
-        .split('&')
-        .filter(|kv| match kv.strip_prefix("global_keyprefix=") {
-            Some(p) => {
-                prefix = p.to_owned();
-                false
+/// Our transport options, split off a URL's query string.
+#[derive(Debug, PartialEq)]
+struct UrlOptions {
+    url: String,
+    prefix: String,
+    visibility_timeout: Option<std::time::Duration>,
+}
+
+impl UrlOptions {
+    fn parse(url: &str) -> Self {
+        let mut out = UrlOptions { url: url.to_owned(), prefix: String::new(), visibility_timeout: None };
+        let Some((base, query)) = url.split_once('?') else { return out };
+        let mut rest = Vec::new();
+        for kv in query.split('&') {
+            if let Some(p) = kv.strip_prefix("global_keyprefix=") {
+                out.prefix = p.to_owned();
+            } else if let Some(v) = kv.strip_prefix("visibility_timeout=") {
+                out.visibility_timeout = v.parse::<f64>().ok().map(std::time::Duration::from_secs_f64);
+            } else {
+                rest.push(kv);
             }
-            None => true,
-        })
-        .collect();
-    let url = if rest.is_empty() {
-        base.to_owned()
-    } else {
-        format!("{base}?{}", rest.join("&"))
-    };
-    (url, prefix)
+        }
+        out.url = if rest.is_empty() { base.to_owned() } else { format!("{base}?{}", rest.join("&")) };
+        out
+    }
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn prefix_from_url() {
-        assert_eq!(
-            super::split_prefix("redis://h/0"),
-            ("redis://h/0".into(), "".into())
-        );
-        assert_eq!(
-            super::split_prefix("redis://h/0?global_keyprefix=t1:"),
-            ("redis://h/0".into(), "t1:".into())
-        );
+    fn options_from_url() {
+        let o = super::UrlOptions::parse("redis://h/0");
+        assert_eq!((o.url.as_str(), o.prefix.as_str(), o.visibility_timeout), ("redis://h/0", "", None));
+        let o = super::UrlOptions::parse("redis://h/0?global_keyprefix=t1:&visibility_timeout=1.5&x=y");
+        assert_eq!(o.url, "redis://h/0?x=y");
+        assert_eq!(o.prefix, "t1:");
+        assert_eq!(o.visibility_timeout, Some(std::time::Duration::from_millis(1500)));
     }
 }

@@ -76,6 +76,9 @@ pub struct Env {
     /// Redis key prefix (empty on SQLite).
     pub prefix: String,
     pub kind: &'static str,
+    /// A URL for [`openthreat_queue::connect_broker`] reaching the same queues
+    /// (with this env's visibility timeout), for child processes.
+    pub url: String,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -95,6 +98,7 @@ impl Env {
             broker,
             backend,
             queue: unique("q"),
+            url: format!("{REDIS_URL}?global_keyprefix={prefix}&visibility_timeout={}", VT.as_secs_f64()),
             prefix,
             kind: "redis",
             _dir: None,
@@ -119,6 +123,7 @@ impl Env {
             queue: unique("q"),
             prefix: String::new(),
             kind: "sqlite",
+            url: format!("{url}?visibility_timeout={}", VT.as_secs_f64()),
             _dir: Some(dir),
         }
     }
@@ -353,5 +358,24 @@ impl Task for Record {
     async fn run(self, ctx: TaskContext<Ctx>) -> Result<String, TaskError> {
         ctx.app().log.lock().unwrap().push(self.tag.clone());
         Ok(self.tag)
+    }
+}
+
+/// Same as the `test_worker` example's task, so a survivor can finish its work.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SlowAdd {
+    pub a: i64,
+    pub b: i64,
+    pub ms: u64,
+}
+
+impl Task for SlowAdd {
+    const NAME: &'static str = "tests.slow_add";
+    const ARGS: &'static [&'static str] = &["a", "b", "ms"];
+    type Context = Ctx;
+    type Output = i64;
+    async fn run(self, _ctx: TaskContext<Ctx>) -> Result<i64, TaskError> {
+        tokio::time::sleep(Duration::from_millis(self.ms)).await;
+        Ok(self.a + self.b)
     }
 }

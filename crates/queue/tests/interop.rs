@@ -1,0 +1,239 @@
+//! Interop with real Python Celery 5 on the same Redis, and at-least-once
+//! delivery with a worker process killed by SIGKILL.
+//!
+//! Python runs as child processes (`tests/python/`), configured with kombu's
+//! `global_keyprefix` equal to this test's prefix, so tests never collide.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{Ctx, Env, Running};
+use openthreat_queue::{Error, SendOptions};
+use serde_json::{json, Map, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Redis and Python both present (or the test is skipped, or fails under CI).
+async fn setup() -> Option<Env> {
+    if !common::python_available() {
+        return None;
+    }
+    Env::redis().await
+}
+
+fn python(env: &Env) -> Command {
+    let mut c = Command::new("python3");
+    c.current_dir(common::python_dir())
+        .env("OTQ_URL", common::REDIS_URL)
+        .env("OTQ_PREFIX", &env.prefix)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .kill_on_drop(true);
+    c
+}
+
+/// Runs `client.py ARGS...` and parses its last output line.
+async fn client(env: &Env, args: &[&str]) -> Value {
+    let out = tokio::time::timeout(WAIT, python(env).arg("client.py").args(args).output())
+        .await
+        .expect("python client timed out")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_else(|| {
+        panic!("no output from client.py {args:?}; stderr: {}", String::from_utf8_lossy(&out.stderr))
+    });
+    serde_json::from_str(last).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn python_send_task_runs_on_our_worker_and_python_sees_the_result() {
+    let Some(env) = setup().await else { return };
+    let w = Running::start(env.worker(Ctx::default()).build());
+    let q = env.queue.as_str();
+    assert_eq!(client(&env, &["call", q, "tests.add", "[2, 3]"]).await, json!({"ok": 5}));
+    // Failures arrive as the right Python exception types.
+    let fail = client(&env, &["call", q, "tests.fail", "[\"bad id\"]"]).await;
+    assert_eq!(fail["error"], "builtins.ValueError", "{fail}");
+    assert!(fail["message"].as_str().unwrap().contains("bad id"));
+    let stuck = client(&env, &["call", q, "tests.stuck", "[]"]).await;
+    assert_eq!(stuck["error"], "billiard.exceptions.TimeLimitExceeded", "{stuck}");
+    let unknown = client(&env, &["call", q, "tests.not_here", "[]"]).await;
+    assert_eq!(unknown["error"], "celery.exceptions.NotRegistered", "{unknown}");
+    w.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn our_producer_to_python_worker() {
+    let Some(env) = setup().await else { return };
+    let mut worker = python(&env)
+        .args(["-m", "celery", "-A", "pyapp", "worker", "-Q", &env.queue, "-P", "solo", "-l", "WARNING"])
+        .args(["--without-gossip", "--without-mingle", "--without-heartbeat", "-n", &format!("py@{}", env.queue)])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let r = env.producer.send_task("tests.py_add", vec![json!(2), json!(3)], Map::new(), env.send_opts()).await.unwrap();
+    assert_eq!(r.get(WAIT).await.unwrap(), json!(5));
+    // Our ETA format is accepted by Celery.
+    let opts = SendOptions { countdown: Some(Duration::from_millis(500)), ..env.send_opts() };
+    let r = env.producer.send_task("tests.py_add", vec![json!(1)], kw(json!({"b": 1})), opts).await.unwrap();
+    assert_eq!(r.get(WAIT).await.unwrap(), json!(2));
+    let r = env.producer.send_task("tests.py_fail", vec![json!("k")], Map::new(), env.send_opts()).await.unwrap();
+    match r.get(WAIT).await {
+        Err(Error::TaskFailed { exc_type, exc_module, .. }) => assert_eq!((exc_type.as_str(), exc_module.as_str()), ("KeyError", "builtins")),
+        other => panic!("{other:?}"),
+    }
+    worker.kill().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn python_priorities_honoured_by_our_worker() {
+    let Some(env) = setup().await else { return };
+    let batch = json!([[["low"], 9], [["mid"], 6], [["high-1"], 0], [["high-2"], 0]]).to_string();
+    client(&env, &["sendmany", &env.queue, "tests.record", &batch]).await;
+    let ctx = Ctx::default();
+    let w = Running::start(env.worker(ctx.clone()).concurrency(1).build());
+    let deadline = Instant::now() + WAIT;
+    while ctx.log().len() < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ctx.log(), vec!["high-1", "high-2", "mid", "low"]);
+    w.stop().await;
+    env.cleanup().await;
+}
+
+/// A Python consumer takes a message into kombu's `unacked` and dies; our
+/// worker restores it after the visibility timeout and runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn our_worker_recovers_a_message_python_lost() {
+    let Some(env) = setup().await else { return };
+    let sent = client(&env, &["send", &env.queue, "tests.add", "[20, 1]", "0"]).await;
+    let lost = client(&env, &["lose", &env.queue]).await;
+    assert_eq!(lost["lost"], sent["id"]);
+    assert_eq!(env.broker.queue_lengths(&[env.queue.clone()]).await.unwrap()[0].1, 0);
+    let w = Running::start(env.worker(Ctx::default()).build());
+    let r = env.producer.result(sent["id"].as_str().unwrap());
+    assert_eq!(r.get(WAIT).await.unwrap(), json!(21));
+    w.stop().await;
+    env.cleanup().await;
+}
+
+/// We lease a message and "die"; kombu's own restore puts it back, with the
+/// redelivered flag, and our worker then runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn python_restores_a_message_we_lost() {
+    let Some(env) = setup().await else { return };
+    let r = env.producer.send_task("tests.add", vec![json!(5), json!(5)], Map::new(), env.send_opts()).await.unwrap();
+    assert!(env.broker.fetch(&[env.queue.clone()], Duration::from_secs(1)).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut restore = python(&env);
+    restore.env("OTQ_VT", "1").arg("client.py").arg("restore");
+    let out = restore.output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(env.broker.queue_lengths(&[env.queue.clone()]).await.unwrap()[0].1, 1);
+    let d = env.broker.fetch(&[env.queue.clone()], Duration::from_secs(1)).await.unwrap().unwrap();
+    let m = openthreat_queue::message::Message::decode(d.raw.as_bytes()).unwrap();
+    assert_eq!(m.headers.extra.get("redelivered"), Some(&json!(true)));
+    env.broker.requeue(&d).await.unwrap();
+    let w = Running::start(env.worker(Ctx::default()).build());
+    assert_eq!(r.get(WAIT).await.unwrap(), json!(10));
+    w.stop().await;
+    env.cleanup().await;
+}
+
+fn kw(v: Value) -> Map<String, Value> {
+    v.as_object().unwrap().clone()
+}
+
+fn test_worker_bin() -> std::path::PathBuf {
+    // target/<profile>/deps/interop-xxxx → target/<profile>/examples/test_worker
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join("examples").join("test_worker")
+}
+
+async fn spawn_test_worker(env: &Env, name: &str) -> (Child, tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) {
+    let bin = test_worker_bin();
+    if !bin.exists() {
+        // `cargo test --test interop` does not build examples; plain `cargo test` does.
+        let target = bin.parent().unwrap().parent().unwrap().parent().unwrap();
+        let status = std::process::Command::new(option_env!("CARGO").unwrap_or("cargo"))
+            .args(["build", "-p", "openthreat-queue", "--example", "test_worker"])
+            .env("CARGO_TARGET_DIR", target)
+            .status()
+            .unwrap();
+        assert!(status.success() && bin.exists(), "could not build {}", bin.display());
+    }
+    let mut child = Command::new(bin)
+        .args([env.url.as_str(), env.queue.as_str(), name])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
+/// At-least-once: a worker process killed with SIGKILL in the middle of a
+/// batch loses nothing; every task completes on the surviving worker (in this
+/// process, sharing the broker: on SQLite that is two processes on one file).
+async fn killed_worker_loses_nothing(env: Env) {
+    let (mut child, mut lines) = spawn_test_worker(&env, "victim").await;
+    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("ready"));
+    const N: i64 = 2000;
+    let mut handles = Vec::new();
+    // The first tasks are slow so the victim is surely mid-task when killed.
+    for i in 0..N {
+        let ms = if i < 16 { 2000 } else { 0 };
+        let args = vec![json!(i), json!(1), json!(ms)];
+        handles.push((i, env.producer.send_task("tests.slow_add", args, Map::new(), env.send_opts()).await.unwrap()));
+    }
+    // Wait until the victim runs something, then kill it.
+    let started = tokio::time::timeout(WAIT, lines.next_line()).await.unwrap().unwrap().unwrap();
+    assert!(started.starts_with("started "), "{started}");
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let survivor = Running::start(env.worker(Ctx::default()).concurrency(32).register::<common::SlowAdd>().build());
+    for (i, h) in handles {
+        assert_eq!(h.get(WAIT).await.unwrap(), json!(i + 1), "task {i}");
+    }
+    survivor.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_worker_loses_nothing_redis() {
+    if let Some(env) = Env::redis().await {
+        killed_worker_loses_nothing(env).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_worker_loses_nothing_sqlite() {
+    killed_worker_loses_nothing(Env::sqlite().await).await;
+}
+
+/// SIGTERM is a warm shutdown: the running task finishes before the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_is_a_warm_shutdown() {
+    // On SQLite, so this also shows a worker process and a producer process sharing one file.
+    let env = Env::sqlite().await;
+    let (mut child, mut lines) = spawn_test_worker(&env, "term").await;
+    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("ready"));
+    let r = env
+        .producer
+        .send_task("tests.slow_add", vec![json!(1), json!(2), json!(300)], Map::new(), env.send_opts())
+        .await
+        .unwrap();
+    let started = tokio::time::timeout(WAIT, lines.next_line()).await.unwrap().unwrap().unwrap();
+    assert!(started.starts_with("started "));
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(WAIT, child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(r.meta().await.unwrap().unwrap().result, json!(3), "finished before exit");
+    env.cleanup().await;
+}
