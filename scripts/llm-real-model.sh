@@ -69,6 +69,6 @@ for _ in $(seq 1 120); do
 done
 
 cd "$ROOT"
-cargo run --quiet --release -p openthreat-llm --example enrich_fixtures -- \
+cargo run --quiet -p openthreat-llm --example enrich_fixtures -- \
     --provider openai --url "http://127.0.0.1:$PORT/v1" --model "$MODEL_ALIAS" \
     --limit "$LIMIT" --timeout "$TIMEOUT" --concurrency 1 --out "$OUT"

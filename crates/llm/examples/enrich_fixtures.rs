@@ -54,10 +54,7 @@ async fn main() -> anyhow::Result<()> {
         .transpose()
         .context("--limit")?
         .unwrap_or(20);
-    let out = args
-        .get("out")
-        .cloned()
-        .unwrap_or("llm-report".to_string());
+    let out = args.get("out").cloned().unwrap_or("llm-report".to_string());
 
     println!("{}", config.describe());
     let enricher = Enricher::from_config(&config)?;
@@ -162,7 +159,10 @@ fn markdown(summary: &serde_json::Value, rows: &[serde_json::Value]) -> String {
         summary["cves"],
         summary["seconds_per_cve"].as_f64().unwrap_or_default()
     );
-    let _ = writeln!(md, "| CVE | valid | s | title or error |\n|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| CVE | valid | s | title or error |\n|---|---|---|---|"
+    );
     for r in rows {
         let text = if r["valid"] == true {
             r["simple_title"].as_str().unwrap_or_default().to_string()

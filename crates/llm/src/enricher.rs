@@ -160,14 +160,15 @@ impl Enricher {
         cve: &Cve,
         mut transcript: Option<&mut Transcript>,
     ) -> Result<EnrichOutcome, LlmError> {
-        let mut note = |raw: &str, verdict: &Result<crate::validate::ValidOutput, ValidationError>| {
-            if let Some(t) = transcript.as_deref_mut() {
-                t.attempts.push(AttemptRecord {
-                    raw: raw.to_string(),
-                    problem: verdict.as_ref().err().map(ToString::to_string),
-                });
-            }
-        };
+        let mut note =
+            |raw: &str, verdict: &Result<crate::validate::ValidOutput, ValidationError>| {
+                if let Some(t) = transcript.as_deref_mut() {
+                    t.attempts.push(AttemptRecord {
+                        raw: raw.to_string(),
+                        problem: verdict.as_ref().err().map(ToString::to_string),
+                    });
+                }
+            };
         let prompt = build_prompt(cve);
         let waited = Instant::now();
         // The semaphore is never closed, so acquiring cannot fail; map it

@@ -6,7 +6,8 @@
 //!   pulling it first"}`);
 //! * OpenAI-compatible under `/v1`: `GET /v1/models`, `POST
 //!   /v1/chat/completions`; optionally it rejects `response_format` of type
-//!   `json_schema` exactly as llama-cpp-python 0.3.x does (HTTP 422).
+//!   `json_schema` exactly as llama-cpp-python 0.3.36 does (HTTP 500 with a
+//!   validation error naming `response_format`).
 //!
 //! Chat answers come from a queue of [`Reply`] values the test pushes; when
 //! the queue is empty the server answers [`Reply::Auto`], a valid
@@ -131,7 +132,8 @@ pub struct TestServerOptions {
     pub slots: usize,
     /// Time per chat answer, spent while holding a slot (default none).
     pub latency: Duration,
-    /// Answer `response_format: json_schema` with llama-cpp-python's 422.
+    /// Answer `response_format: json_schema` as llama-cpp-python 0.3.36 does
+    /// (HTTP 500 with a validation error naming `response_format`).
     pub reject_json_schema: bool,
 }
 
@@ -349,16 +351,17 @@ async fn openai_chat(
         (s.reject_json_schema, s.models.iter().any(|m| m == model))
     };
     if reject && req["response_format"]["type"] == "json_schema" {
-        // llama-cpp-python 0.3.x: pydantic's validation error for the literal.
+        // llama-cpp-python 0.3.36, as observed: its pydantic validation
+        // error for the literal, wrapped in a 500.
+        let message = "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', \
+            'response_format', 'type'), 'msg': \"Input should be 'text' or 'json_object'\", \
+            'input': 'json_schema', 'ctx': {'expected': \"'text' or 'json_object'\"}}\n\n  \
+            File \"llama_cpp/server/app.py\", line 376, in create_chat_completion\n    \
+            POST /v1/chat/completions";
         return json_response(
-            422,
-            json!({"detail": [{
-                "type": "literal_error",
-                "loc": ["body", "response_format", "type"],
-                "msg": "Input should be 'text' or 'json_object'",
-                "input": "json_schema",
-                "ctx": {"expected": "'text' or 'json_object'"}
-            }]})
+            500,
+            json!({"error": {"message": message, "type": "internal_server_error",
+                             "param": null, "code": null}})
             .to_string(),
         );
     }

@@ -4,7 +4,8 @@
 //! Servers disagree on how structured output is requested. OpenAI, vLLM and
 //! llama.cpp's own server take `{"type": "json_schema", "json_schema":
 //! {name, schema, strict}}`; llama-cpp-python's server (0.3.x) rejects that
-//! with a 422 and wants `{"type": "json_object", "schema": ...}`. We try the
+//! (0.3.36 with a 500 whose message is a pydantic validation error naming
+//! `response_format`) and wants `{"type": "json_object", "schema": ...}`. We try the
 //! standard form first and, when the server complains about
 //! `response_format`, retry with the other and keep using it.
 
@@ -164,14 +165,15 @@ impl OpenAiProvider {
     }
 }
 
-/// A 400/422 that names the response format means "I do not know this form".
+/// An error answer that names the response format means "I do not know this
+/// form". Servers differ in the status: pydantic-based servers say 422,
+/// others 400, and llama-cpp-python 0.3.36 wraps its validation error in a
+/// 500 whose message quotes `'response_format'` and `'json_schema'`.
 fn rejects_response_format(status: reqwest::StatusCode, body: &str) -> bool {
-    (status == reqwest::StatusCode::BAD_REQUEST
-        || status == reqwest::StatusCode::UNPROCESSABLE_ENTITY)
-        && {
-            let b = body.to_ascii_lowercase();
-            b.contains("response_format") || b.contains("json_schema")
-        }
+    let status_fits =
+        status.is_client_error() || status == reqwest::StatusCode::INTERNAL_SERVER_ERROR;
+    let b = body.to_ascii_lowercase();
+    status_fits && b.contains("response_format") && b.contains("json_schema")
 }
 
 #[derive(Deserialize)]
@@ -308,5 +310,31 @@ impl OpenAiProvider {
             ),
         })?;
         Ok(models.data.into_iter().map(|m| m.id).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::StatusCode;
+
+    #[test]
+    fn recognises_response_format_rejections() {
+        // llama-cpp-python 0.3.36, as observed.
+        let real = r#"{"error":{"message":"1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema'}","type":"internal_server_error","param":null,"code":null}}"#;
+        assert!(rejects_response_format(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            real
+        ));
+        let pydantic = r#"{"detail":[{"type":"literal_error","loc":["body","response_format","type"],"input":"json_schema"}]}"#;
+        assert!(rejects_response_format(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            pydantic
+        ));
+        assert!(!rejects_response_format(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            r#"{"error":"out of memory"}"#
+        ));
+        assert!(!rejects_response_format(StatusCode::BAD_GATEWAY, real));
     }
 }
