@@ -11,8 +11,11 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::Config;
 
+mod call;
 mod doctor;
 mod migrate;
+mod purge;
+mod worker;
 
 /// OpenThreat: a self-hosted CVE threat-intelligence service.
 ///
@@ -39,6 +42,12 @@ pub enum Command {
     Migrate(migrate::Args),
     /// Check the database, Redis and the LLM, and say how to fix what is down.
     Doctor(doctor::Args),
+    /// Execute tasks from the broker (Ctrl-C or SIGTERM: warm shutdown).
+    Worker(worker::Args),
+    /// Send a task by name, like `celery call`; --wait prints its result.
+    Call(call::Args),
+    /// Delete waiting messages from queues (asks first unless --force).
+    Purge(purge::Args),
 }
 
 /// Entry point of the binary: parse, set up logging, load configuration, run.
@@ -63,6 +72,9 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Migrate(args) => migrate::run(&config, args).await,
             Command::Doctor(args) => doctor::run(&config, args).await,
+            Command::Worker(args) => worker::run(&config, args).await,
+            Command::Call(args) => call::run(&config, args).await,
+            Command::Purge(args) => purge::run(&config, args).await,
         }
     });
     match result {

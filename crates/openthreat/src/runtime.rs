@@ -1,0 +1,85 @@
+//! Opening the services a command needs (store, broker, result backend),
+//! in one place so every command reports problems the same way.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use openthreat_queue::{Broker, Producer, ResultBackend};
+use openthreat_store::Store;
+
+use crate::config::{redact_url, Config};
+
+/// Connects to the database and applies pending migrations (idempotent), so
+/// a fresh install needs no separate `migrate` step before `worker` or `run`.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let target = redact_url(&config.database_url);
+    let store = openthreat_store::connect(&config.database_url)
+        .await
+        .with_context(|| format!("DATABASE_URL {target}"))?;
+    store
+        .migrate()
+        .await
+        .with_context(|| format!("migrating {target}"))?;
+    Ok(store)
+}
+
+/// Connects to the task broker named by the configuration.
+pub async fn open_broker(config: &Config) -> anyhow::Result<Arc<dyn Broker>> {
+    ensure_parent_dir(&config.broker_url)?;
+    openthreat_queue::connect_broker(&config.broker_url)
+        .await
+        .with_context(|| format!("broker {}", redact_url(&config.broker_url)))
+}
+
+/// Connects to the result backend named by the configuration.
+pub async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn ResultBackend>> {
+    ensure_parent_dir(&config.result_backend_url)?;
+    openthreat_queue::connect_backend(&config.result_backend_url)
+        .await
+        .with_context(|| format!("result backend {}", redact_url(&config.result_backend_url)))
+}
+
+/// A producer over the configured broker and backend.
+pub async fn open_producer(config: &Config) -> anyhow::Result<Producer> {
+    Ok(Producer::new(
+        open_broker(config).await?,
+        open_backend(config).await?,
+    ))
+}
+
+/// The embedded queue lives in a file under the data dir; create the dir on first use.
+fn ensure_parent_dir(url: &str) -> anyhow::Result<()> {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        let path = std::path::Path::new(path.split('?').next().unwrap_or(path));
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM: the signal for a warm shutdown.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested");
+}
