@@ -135,7 +135,7 @@ impl Interval {
     pub fn describe(&self) -> String {
         let (_, factor, word) = UNITS
             .iter()
-            .find(|(_, f, _)| self.secs % f == 0)
+            .find(|(_, f, _)| self.secs.checked_rem(*f) == Some(0))
             .copied()
             .unwrap_or(("s", 1, "second"));
         let n = self.secs / factor;
@@ -152,7 +152,7 @@ impl fmt::Display for Interval {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (unit, factor, _) = UNITS
             .iter()
-            .find(|(_, f, _)| self.secs % f == 0)
+            .find(|(_, f, _)| self.secs.checked_rem(*f) == Some(0))
             .copied()
             .unwrap_or(("s", 1, "second"));
         write!(f, "{}{unit}", self.secs / factor)
