@@ -276,7 +276,7 @@ pub struct Stats {
     pub high_vulnerabilities: u64,
     /// Every severity name (upper case) with its count, zeros included.
     pub by_severity: BTreeMap<String, u64>,
-    /// Modified within the 24 hours before `now`.
+    /// Modified within the 24 hours up to `now` (later dates are not counted).
     pub recent_updates: u64,
     /// The latest `updated_at` of any row.
     pub last_update: Option<DateTime<Utc>>,

@@ -524,13 +524,14 @@ impl Store for PgStore {
         let row = sqlx::query(
             "SELECT COUNT(*) AS total, \
                COUNT(*) FILTER (WHERE exploited_in_the_wild) AS exploited, \
-               COUNT(*) FILTER (WHERE modified_at >= $1) AS recent, \
+               COUNT(*) FILTER (WHERE modified_at >= $1 AND modified_at <= $2) AS recent, \
                COUNT(*) FILTER (WHERE llm_processed) AS processed, \
                COUNT(*) FILTER (WHERE NOT llm_processed AND priority = 'high') AS hp_pending, \
                MAX(updated_at) AS last_update \
              FROM vulnerabilities WHERE vuln_status <> 'Rejected'",
         )
         .bind(now - chrono::Duration::hours(24))
+        .bind(now)
         .fetch_one(&self.pool)
         .await?;
         let get = |name: &str| -> Result<u64, sqlx::Error> {

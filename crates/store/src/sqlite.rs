@@ -538,13 +538,14 @@ impl Store for SqliteStore {
         let row = sqlx::query(
             "SELECT COUNT(*) AS total, \
                COUNT(*) FILTER (WHERE exploited_in_the_wild) AS exploited, \
-               COUNT(*) FILTER (WHERE modified_at >= ?) AS recent, \
+               COUNT(*) FILTER (WHERE modified_at >= ? AND modified_at <= ?) AS recent, \
                COUNT(*) FILTER (WHERE llm_processed) AS processed, \
                COUNT(*) FILTER (WHERE NOT llm_processed AND priority = 'high') AS hp_pending, \
                MAX(updated_at) AS last_update \
              FROM vulnerabilities WHERE vuln_status <> 'Rejected'",
         )
         .bind(ts(now - chrono::Duration::hours(24)))
+        .bind(ts(now))
         .fetch_one(&self.pool)
         .await?;
         let get = |name: &str| -> Result<u64, sqlx::Error> {
