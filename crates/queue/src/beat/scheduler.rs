@@ -121,11 +121,15 @@ impl Beat {
         Ok(out)
     }
 
-    /// Runs until `shutdown` is cancelled. Store errors are logged and
-    /// retried with back-off; they never end the loop. Returns an error only
-    /// if the configuration makes running pointless (none today), so callers
-    /// can treat `Ok` as a clean shutdown.
+    /// Runs until `shutdown` is cancelled. Store and publisher errors are
+    /// logged and retried with back-off; they never end the loop. The only
+    /// error returned is a configuration one found before the first slot (two
+    /// entries with one name), so `Ok` means a clean shutdown.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), BeatError> {
+        let mut names = std::collections::HashSet::new();
+        if let Some(dup) = self.entries.iter().find(|e| !names.insert(e.name.as_str())) {
+            return Err(BeatError::DuplicateEntry(dup.name.clone()));
+        }
         let start = self.clock.now();
         let mut due = Vec::new();
         for (index, entry) in self.entries.iter().enumerate() {
