@@ -265,4 +265,23 @@ timezone = "Mars/Olympus"
             other => panic!("{other:?}"),
         }
     }
+
+    #[test]
+    fn wrong_option_types_are_reported_in_our_words_with_the_rest() {
+        let source =
+            "[schedule.a]\ntask = \"nope\"\nevery = 1.5\npriority = \"high\"\nexpires = \"soon\"\n";
+        let errs = errors(source);
+        let got: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.reason.as_str())).collect();
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(got[0].1.contains("unknown task `nope`"), "{got:?}");
+        assert!(got[1].1.contains("whole number of seconds"), "{got:?}");
+        assert_eq!(
+            got[2],
+            (4, "priority must be a whole number 0-9, not \"high\"")
+        );
+        assert!(
+            got[3].1.starts_with("expires must be a positive number"),
+            "{got:?}"
+        );
+    }
 }

@@ -54,6 +54,9 @@
 //! must match day of month *and* day of week (see [`crontab`]). Time zone is
 //! UTC unless configured.
 
+// Every public item here is API for the binary and the HTTP layer: document it.
+#![warn(missing_docs)]
+
 pub mod clock;
 pub mod config;
 pub mod crontab;
