@@ -397,6 +397,7 @@ fn truncated_json_names_file_and_position() {
         }
         other => panic!("unexpected {other:?}"),
     }
+    println!("{msg}");
     assert!(msg.contains("cut.json") && msg.contains("line"), "{msg}");
 }
 
@@ -413,8 +414,9 @@ fn truncated_gzip_is_an_error_not_a_short_file() {
     })
     .unwrap_err();
     let msg = err.to_string();
+    println!("{msg}");
     assert!(msg.contains("nvdcve-2.0-2021.json.gz"), "{msg}");
-    assert!(msg.contains("line") && msg.contains("bytes"), "{msg}");
+    assert!(msg.contains("bytes read"), "{msg}");
     assert!(batches.iter().all(|b| !b.is_last));
 }
 

@@ -125,9 +125,8 @@ pub fn parse_page(bytes: &[u8], origin: &str) -> Result<ParsedPage, FeedsError> 
         Ok(())
     };
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let summary = run_document(&mut de, origin, &mut collect, || 0)?;
-    de.end()
-        .map_err(|e| FeedsError::json(origin, &e, bytes.len() as u64))?;
+    let summary = run_document(&mut de, origin, &mut collect, || None)?;
+    de.end().map_err(|e| FeedsError::json(origin, &e, None))?;
     Ok(ParsedPage {
         kind: summary.kind,
         envelope: summary.envelope,
@@ -150,9 +149,9 @@ pub fn parse_reader<R: Read>(
         hasher: None,
     };
     let mut de = serde_json::Deserializer::from_reader(BufReader::with_capacity(64 * 1024, tap));
-    let summary = run_document(&mut de, origin, on_record, || counted.get())?;
+    let summary = run_document(&mut de, origin, on_record, || Some(counted.get()))?;
     de.end()
-        .map_err(|e| FeedsError::json(origin, &e, counted.get()))?;
+        .map_err(|e| FeedsError::json(origin, &e, Some(counted.get())))?;
     Ok(summary)
 }
 
@@ -204,9 +203,9 @@ pub fn parse_file(
     let summary = {
         let mut de =
             serde_json::Deserializer::from_reader(BufReader::with_capacity(64 * 1024, &mut tap));
-        let summary = run_document(&mut de, &origin, on_record, || counted.get())?;
+        let summary = run_document(&mut de, &origin, on_record, || Some(counted.get()))?;
         de.end()
-            .map_err(|e| FeedsError::json(&origin, &e, counted.get()))?;
+            .map_err(|e| FeedsError::json(&origin, &e, Some(counted.get())))?;
         summary
     };
     if let (Some(meta), Some(meta_path)) = (&meta, meta_path) {
@@ -354,7 +353,7 @@ fn run_document<'de, D>(
     de: D,
     origin: &str,
     on_record: &mut dyn FnMut(RecordResult) -> Result<(), FeedsError>,
-    position: impl Fn() -> u64,
+    position: impl Fn() -> Option<u64>,
 ) -> Result<ParseSummary, FeedsError>
 where
     D: de::Deserializer<'de, Error = serde_json::Error>,
@@ -398,7 +397,7 @@ impl Ctx<'_> {
         let index = self.index;
         self.index += 1;
         let result = match parsed {
-            Ok(nvd) => map_cve(&nvd).map_err(|e| RecordFailure {
+            Ok(nvd) => map_cve(nvd).map_err(|e| RecordFailure {
                 cve_id: Some(e.cve_id),
                 index,
                 reason: e.message,
