@@ -200,7 +200,20 @@ fn parse_object(raw: &str) -> Result<serde_json::Map<String, Value>, ValidationE
         (Some(a), Some(b)) if a < b => &trimmed[a..=b],
         _ => trimmed,
     };
-    match serde_json::from_str::<Value>(candidate) {
+    let parsed = serde_json::from_str::<Value>(candidate).or_else(|e| {
+        // Small models put raw line breaks inside JSON strings, which JSON
+        // forbids; as whitespace they carry no meaning, so retry with spaces.
+        if candidate.chars().any(char::is_control) {
+            let spaced: String = candidate
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            serde_json::from_str::<Value>(&spaced).map_err(|_| e)
+        } else {
+            Err(e)
+        }
+    });
+    match parsed {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(not_json("it is JSON but not an object".to_string())),
         Err(e) => Err(not_json(e.to_string())),
