@@ -121,16 +121,17 @@ impl fmt::Display for ValidationError {
             Problem::TooManyWords { words, max } => {
                 write!(f, "{field} has {words} words; it must have at most {max}")
             }
-            Problem::SentenceCount { found, min, max } if min == max => {
-                write!(
-                    f,
-                    "{field} has {found} sentences; it must be exactly {min} sentence"
-                )
+            Problem::SentenceCount { found, min, max } => {
+                let noun = if *found == 1 { "sentence" } else { "sentences" };
+                if min == max {
+                    write!(
+                        f,
+                        "{field} has {found} {noun}; it must be exactly {min} sentence"
+                    )
+                } else {
+                    write!(f, "{field} has {found} {noun}; it must have {min} to {max}")
+                }
             }
-            Problem::SentenceCount { found, min, max } => write!(
-                f,
-                "{field} has {found} sentences; it must have {min} to {max}"
-            ),
             Problem::OtherCveId { id } => write!(
                 f,
                 "{field} mentions {id}, which is not the CVE being explained"
