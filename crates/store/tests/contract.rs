@@ -409,7 +409,8 @@ fn all() -> ListQuery {
 fn enrichment(at: DateTime<Utc>) -> Enrichment {
     Enrichment {
         simple_title: "Firewall takeover through GlobalProtect".into(),
-        simple_description: "Attackers can run commands on the firewall without logging in. Patch now.".into(),
+        simple_description:
+            "Attackers can run commands on the firewall without logging in. Patch now.".into(),
         recommended_action: Some("Upgrade PAN-OS to a fixed release.".into()),
         model: "llama3.2:3b".into(),
         processed_at: at,
@@ -436,7 +437,10 @@ async fn insert_then_get_returns_every_field(s: Arc<dyn Store>) {
     assert_eq!(r.title, c.title);
     assert_eq!(r.description, c.description);
     assert_eq!(r.cvss_score, Some(10.0));
-    assert_eq!(r.cvss_vector.as_deref(), Some("CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:C/C:H/I:H/A:H"));
+    assert_eq!(
+        r.cvss_vector.as_deref(),
+        Some("CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:C/C:H/I:H/A:H")
+    );
     assert_eq!(r.cvss_version.as_deref(), Some("3.1"));
     assert_eq!(r.severity, Severity::Critical);
     assert_eq!(r.published_at, at("2024-04-12T08:15:06.230"));
@@ -494,24 +498,33 @@ async fn reimport_changes_nothing_and_keeps_llm_fields(s: Arc<dyn Store>) {
     let later = now() + Duration::days(3);
     let summary = s.upsert_cves(&fixtures(), later).await.unwrap();
     assert_eq!(summary.unchanged, 9, "{summary:?}");
-    assert_eq!((summary.inserted, summary.updated, summary.skipped_older), (0, 0, 0));
+    assert_eq!(
+        (summary.inserted, summary.updated, summary.skipped_older),
+        (0, 0, 0)
+    );
     let after = get(&s, "CVE-2024-3400").await;
     assert_eq!(after, before, "a re-import must not touch the row");
     assert_eq!(after.updated_at, now());
     assert!(after.llm_processed);
-    assert_eq!(after.simple_title.as_deref(), Some("Firewall takeover through GlobalProtect"));
+    assert_eq!(
+        after.simple_title.as_deref(),
+        Some("Firewall takeover through GlobalProtect")
+    );
     assert_eq!(after.llm_model.as_deref(), Some("llama3.2:3b"));
 }
 
 async fn changed_description_marks_llm_result_stale(s: Arc<dyn Store>) {
     seed(&s).await;
     for cve_id in ["CVE-2024-3400", "CVE-2024-6387"] {
-        s.save_enrichment(&id(cve_id), &enrichment(now())).await.unwrap();
+        s.save_enrichment(&id(cve_id), &enrichment(now()))
+            .await
+            .unwrap();
     }
     let later = now() + Duration::hours(1);
     // New description: the LLM text is stale but kept until re-enriched.
     let mut pan = fixture("CVE-2024-3400");
-    pan.description.push_str(" Cloud NGFW, Panorama appliances and Prisma Access are not impacted.");
+    pan.description
+        .push_str(" Cloud NGFW, Panorama appliances and Prisma Access are not impacted.");
     pan.modified_at = at("2024-04-20T10:00:00.000");
     // Same description, new score: the LLM text stays valid.
     let mut ssh = fixture("CVE-2024-6387");
@@ -523,7 +536,10 @@ async fn changed_description_marks_llm_result_stale(s: Arc<dyn Store>) {
     let r = get(&s, "CVE-2024-3400").await;
     assert_eq!(r.description, pan.description);
     assert!(!r.llm_processed);
-    assert_eq!(r.simple_title.as_deref(), Some("Firewall takeover through GlobalProtect"));
+    assert_eq!(
+        r.simple_title.as_deref(),
+        Some("Firewall takeover through GlobalProtect")
+    );
     assert_eq!(r.updated_at, later);
     assert_eq!(r.created_at, now());
     assert_eq!(r.modified_at, at("2024-04-20T10:00:00.000"));
@@ -547,8 +563,13 @@ async fn older_record_never_overwrites_newer(s: Arc<dyn Store>) {
         c
     };
     // Newer stored first, older arrives later: ignored.
-    s.upsert_cves(std::slice::from_ref(&newer), now()).await.unwrap();
-    let summary = s.upsert_cves(std::slice::from_ref(&older), now()).await.unwrap();
+    s.upsert_cves(std::slice::from_ref(&newer), now())
+        .await
+        .unwrap();
+    let summary = s
+        .upsert_cves(std::slice::from_ref(&older), now())
+        .await
+        .unwrap();
     assert_eq!(summary.skipped_older, 1, "{summary:?}");
     assert_eq!(get(&s, "CVE-2024-6387").await.description, "newer text");
 
@@ -563,9 +584,12 @@ async fn older_record_never_overwrites_newer(s: Arc<dyn Store>) {
     assert_eq!(get(&s, "CVE-2024-0158").await.description, "newer text");
 
     // Both in one batch, in either order: the newer wins.
-    for (i, batch) in [vec![older.clone(), newer.clone()], vec![newer.clone(), older.clone()]]
-        .into_iter()
-        .enumerate()
+    for (i, batch) in [
+        vec![older.clone(), newer.clone()],
+        vec![newer.clone(), older.clone()],
+    ]
+    .into_iter()
+    .enumerate()
     {
         let cve_id = id(&format!("CVE-2030-000{i}"));
         let batch: Vec<Cve> = batch
@@ -597,7 +621,10 @@ async fn invalid_records_are_rejected_and_the_rest_kept(s: Arc<dyn Store>) {
     assert_eq!(summary.inserted, 3, "{summary:?}");
     assert_eq!(summary.failed.len(), 1, "{summary:?}");
     assert_eq!(summary.failed[0].0, "CVE-2024-12a4");
-    assert!(summary.failed[0].1.contains("invalid CVE id"), "{summary:?}");
+    assert!(
+        summary.failed[0].1.contains("invalid CVE id"),
+        "{summary:?}"
+    );
     assert!(summary.failed[0].1.contains("CVE-2024-12a4"), "{summary:?}");
 
     // Values the database cannot hold are rejected per record as well.
@@ -635,10 +662,7 @@ async fn each_filter_selects_the_right_rows(s: Arc<dyn Store>) {
         ],
         "Rejected records are hidden by default"
     );
-    assert_eq!(
-        ids(&s, q(|q| q.include_rejected = true)).await.len(),
-        9
-    );
+    assert_eq!(ids(&s, q(|q| q.include_rejected = true)).await.len(), 9);
     assert_eq!(
         ids(&s, q(|q| q.severity = Some(Severity::Critical))).await,
         ["CVE-2019-0708", "CVE-2024-3400"]
@@ -673,19 +697,28 @@ async fn each_filter_selects_the_right_rows(s: Arc<dyn Store>) {
         ["CVE-2024-6387"]
     );
     assert_eq!(
-        ids(&s, q(|q| {
-            q.min_cvss = Some(7.0);
-            q.max_cvss = Some(9.0);
-        }))
+        ids(
+            &s,
+            q(|q| {
+                q.min_cvss = Some(7.0);
+                q.max_cvss = Some(9.0);
+            })
+        )
         .await,
         ["CVE-2014-0160", "CVE-2024-6387"]
     );
-    assert_eq!(ids(&s, q(|q| q.min_cvss = Some(9.8))).await, ["CVE-2019-0708", "CVE-2024-3400"]);
     assert_eq!(
-        ids(&s, q(|q| {
-            q.published_after = Some(day("2024-07-01"));
-            q.published_before = Some(day("2024-07-02"));
-        }))
+        ids(&s, q(|q| q.min_cvss = Some(9.8))).await,
+        ["CVE-2019-0708", "CVE-2024-3400"]
+    );
+    assert_eq!(
+        ids(
+            &s,
+            q(|q| {
+                q.published_after = Some(day("2024-07-01"));
+                q.published_before = Some(day("2024-07-02"));
+            })
+        )
         .await,
         ["CVE-2024-0158", "CVE-2024-6387"],
         "both ends inclusive"
@@ -700,33 +733,52 @@ async fn each_filter_selects_the_right_rows(s: Arc<dyn Store>) {
     );
     assert_eq!(
         ids(&s, q(|q| q.priority = Some(Priority::High))).await,
-        ["CVE-2014-0160", "CVE-2019-0708", "CVE-2022-49267", "CVE-2024-3400"]
+        [
+            "CVE-2014-0160",
+            "CVE-2019-0708",
+            "CVE-2022-49267",
+            "CVE-2024-3400"
+        ]
     );
     assert_eq!(
         ids(&s, q(|q| q.priority = Some(Priority::Medium))).await,
         ["CVE-2024-6387", "CVE-2025-0938"]
     );
-    s.save_enrichment(&id("CVE-2024-0158"), &enrichment(now())).await.unwrap();
+    s.save_enrichment(&id("CVE-2024-0158"), &enrichment(now()))
+        .await
+        .unwrap();
     assert_eq!(
         ids(&s, q(|q| q.llm_processed = Some(true))).await,
         ["CVE-2024-0158"]
     );
-    assert_eq!(ids(&s, q(|q| q.q = Some("openssh".into()))).await, ["CVE-2024-6387"]);
-    assert_eq!(ids(&s, q(|q| q.q = Some("cve-2019-07".into()))).await, ["CVE-2019-0708"]);
+    assert_eq!(
+        ids(&s, q(|q| q.q = Some("openssh".into()))).await,
+        ["CVE-2024-6387"]
+    );
+    assert_eq!(
+        ids(&s, q(|q| q.q = Some("cve-2019-07".into()))).await,
+        ["CVE-2019-0708"]
+    );
     // Filters combine with AND.
     assert_eq!(
-        ids(&s, q(|q| {
-            q.exploited = Some(true);
-            q.severity = Some(Severity::High);
-            q.cwe = Some("CWE-125".into());
-        }))
+        ids(
+            &s,
+            q(|q| {
+                q.exploited = Some(true);
+                q.severity = Some(Severity::High);
+                q.cwe = Some("CWE-125".into());
+            })
+        )
         .await,
         ["CVE-2014-0160"]
     );
-    assert!(ids(&s, q(|q| {
-        q.exploited = Some(true);
-        q.vendor = Some("dell".into());
-    }))
+    assert!(ids(
+        &s,
+        q(|q| {
+            q.exploited = Some(true);
+            q.vendor = Some("dell".into());
+        })
+    )
     .await
     .is_empty());
     // Out-of-range values are refused, not silently clamped.
@@ -795,7 +847,16 @@ async fn sort_whitelist_in_both_orders_with_nulls_last(s: Arc<dyn Store>) {
     let first = |field, order| {
         let s = s.clone();
         async move {
-            ids(&s, ListQuery { page_size: 100, sort: field, order, ..ListQuery::default() }).await
+            ids(
+                &s,
+                ListQuery {
+                    page_size: 100,
+                    sort: field,
+                    order,
+                    ..ListQuery::default()
+                },
+            )
+            .await
         }
     };
     let cvss_desc = first(SortField::CvssScore, SortOrder::Desc).await;
@@ -803,13 +864,28 @@ async fn sort_whitelist_in_both_orders_with_nulls_last(s: Arc<dyn Store>) {
     assert_eq!(cvss_desc[7], "CVE-2022-49267", "no CVSS: last");
     let cvss_asc = first(SortField::CvssScore, SortOrder::Asc).await;
     assert_eq!(cvss_asc[0], "CVE-1999-0001");
-    assert_eq!(cvss_asc[7], "CVE-2022-49267", "no CVSS: last in ascending order too");
+    assert_eq!(
+        cvss_asc[7], "CVE-2022-49267",
+        "no CVSS: last in ascending order too"
+    );
     let epss_asc = first(SortField::EpssScore, SortOrder::Asc).await;
-    assert_eq!(&epss_asc[..3], ["CVE-1999-0001", "CVE-2024-6387", "CVE-2024-3400"]);
+    assert_eq!(
+        &epss_asc[..3],
+        ["CVE-1999-0001", "CVE-2024-6387", "CVE-2024-3400"]
+    );
     let epss_desc = first(SortField::EpssScore, SortOrder::Desc).await;
-    assert_eq!(&epss_desc[..3], ["CVE-2024-3400", "CVE-2024-6387", "CVE-1999-0001"]);
-    assert_eq!(first(SortField::PublishedAt, SortOrder::Desc).await[0], "CVE-2022-49267");
-    assert_eq!(first(SortField::CveId, SortOrder::Asc).await[0], "CVE-1999-0001");
+    assert_eq!(
+        &epss_desc[..3],
+        ["CVE-2024-3400", "CVE-2024-6387", "CVE-1999-0001"]
+    );
+    assert_eq!(
+        first(SortField::PublishedAt, SortOrder::Desc).await[0],
+        "CVE-2022-49267"
+    );
+    assert_eq!(
+        first(SortField::CveId, SortOrder::Asc).await[0],
+        "CVE-1999-0001"
+    );
     // The default listing is by priority score, highest first.
     let default = ids(&s, ListQuery::default()).await;
     assert_eq!(default[0], "CVE-2024-3400");
@@ -829,7 +905,10 @@ async fn pagination_reports_totals(s: Arc<dyn Store>) {
             })
             .await
             .unwrap();
-        assert_eq!((p.total, p.total_pages, p.page, p.page_size), (8, 3, page, 3));
+        assert_eq!(
+            (p.total, p.total_pages, p.page, p.page_size),
+            (8, 3, page, 3)
+        );
         assert_eq!(p.items.len(), if page < 3 { 3 } else { 2 });
         seen.extend(p.items.into_iter().map(|r| r.cve_id));
     }
@@ -854,8 +933,14 @@ async fn pagination_reports_totals(s: Arc<dyn Store>) {
     assert_eq!((none.total, none.total_pages), (0, 0));
     for bad in [
         ListQuery { page: 0, ..all() },
-        ListQuery { page_size: 0, ..all() },
-        ListQuery { page_size: 1001, ..all() },
+        ListQuery {
+            page_size: 0,
+            ..all()
+        },
+        ListQuery {
+            page_size: 1001,
+            ..all()
+        },
     ] {
         assert!(matches!(
             s.list_cves(&bad).await,
@@ -871,13 +956,20 @@ async fn stats_count_what_is_stored(s: Arc<dyn Store>) {
     assert_eq!(empty.llm.completion_percentage, 0.0);
 
     seed(&s).await;
-    s.save_enrichment(&id("CVE-2024-3400"), &enrichment(now())).await.unwrap();
-    s.save_enrichment(&id("CVE-2024-0158"), &enrichment(now())).await.unwrap();
+    s.save_enrichment(&id("CVE-2024-3400"), &enrichment(now()))
+        .await
+        .unwrap();
+    s.save_enrichment(&id("CVE-2024-0158"), &enrichment(now()))
+        .await
+        .unwrap();
     // At 2025-02-26 12:00 only CVE-2022-49267 was modified in the last 24 h
     // (two fixtures carry modification dates after that moment: not counted).
     let t = at("2025-02-26T12:00:00.000");
     let st = s.stats(t).await.unwrap();
-    assert_eq!(st.total_vulnerabilities, 8, "Rejected records are not counted");
+    assert_eq!(
+        st.total_vulnerabilities, 8,
+        "Rejected records are not counted"
+    );
     assert_eq!(st.exploited_vulnerabilities, 3);
     assert_eq!(st.critical_vulnerabilities, 2);
     assert_eq!(st.high_vulnerabilities, 2);
@@ -898,7 +990,10 @@ async fn stats_count_what_is_stored(s: Arc<dyn Store>) {
     assert_eq!(st.llm.total, 8);
     assert_eq!(st.llm.processed, 2);
     assert_eq!(st.llm.pending, 6);
-    assert_eq!(st.llm.high_priority_pending, 3, "4 high, one of them processed");
+    assert_eq!(
+        st.llm.high_priority_pending, 3,
+        "4 high, one of them processed"
+    );
     assert_eq!(st.llm.completion_percentage, 25.0);
 
     let dist = s.severity_distribution().await.unwrap();
@@ -932,14 +1027,19 @@ async fn kev_before_and_after_the_nvd_record(s: Arc<dyn Store>) {
         due_date: Some(day("2022-05-03")),
         required_action: Some("Apply updates per vendor instructions.".into()),
         ransomware_use: Some(true),
-        vulnerability_name: Some("Microsoft Remote Desktop Services Remote Code Execution Vulnerability".into()),
+        vulnerability_name: Some(
+            "Microsoft Remote Desktop Services Remote Code Execution Vulnerability".into(),
+        ),
     };
     // KEV first: nothing to update yet, but the facts are kept for later.
     let summary = s
         .apply_kev(&[(id("CVE-2019-0708"), catalog.clone())], now())
         .await
         .unwrap();
-    assert_eq!((summary.received, summary.updated, summary.unknown), (1, 0, 1));
+    assert_eq!(
+        (summary.received, summary.updated, summary.unknown),
+        (1, 0, 1)
+    );
     let mut bluekeep = fixture("CVE-2019-0708");
     bluekeep.kev = None;
     s.upsert_cves(&[bluekeep.clone()], now()).await.unwrap();
@@ -1004,12 +1104,18 @@ async fn epss_update_changes_priority(s: Arc<dyn Store>) {
     };
     let summary = s
         .apply_epss(
-            &[(id("CVE-2024-6387"), e.clone()), (id("CVE-2031-9999"), e.clone())],
+            &[
+                (id("CVE-2024-6387"), e.clone()),
+                (id("CVE-2031-9999"), e.clone()),
+            ],
             now(),
         )
         .await
         .unwrap();
-    assert_eq!((summary.received, summary.updated, summary.unknown), (2, 1, 1));
+    assert_eq!(
+        (summary.received, summary.updated, summary.unknown),
+        (2, 1, 1)
+    );
     let after = get(&s, "CVE-2024-6387").await;
     assert_eq!(after.epss_score, Some(0.97));
     assert_eq!(after.epss_percentile, Some(0.999));
@@ -1043,7 +1149,11 @@ async fn epss_update_changes_priority(s: Arc<dyn Store>) {
 
 async fn recompute_priorities_follows_time(s: Arc<dyn Store>) {
     seed(&s).await;
-    assert_eq!(s.recompute_priorities(now()).await.unwrap(), 0, "nothing changed yet");
+    assert_eq!(
+        s.recompute_priorities(now()).await.unwrap(),
+        0,
+        "nothing changed yet"
+    );
     let later = now() + Duration::days(60);
     let changed = s.recompute_priorities(later).await.unwrap();
     assert!(changed >= 2, "{changed}");
@@ -1059,7 +1169,10 @@ async fn ingestion_runs_are_recorded(s: Arc<dyn Store>) {
     assert!(s.ingestion_runs(10).await.unwrap().is_empty());
     let t0 = now();
     let nvd = s.start_ingestion_run("nvd", t0).await.unwrap();
-    let kev = s.start_ingestion_run("kev", t0 + Duration::seconds(1)).await.unwrap();
+    let kev = s
+        .start_ingestion_run("kev", t0 + Duration::seconds(1))
+        .await
+        .unwrap();
     let runs = s.ingestion_runs(10).await.unwrap();
     assert_eq!(runs.len(), 2);
     assert_eq!(runs[0].id, kev, "newest first");
@@ -1096,7 +1209,12 @@ async fn ingestion_runs_are_recorded(s: Arc<dyn Store>) {
     assert_eq!(n.source, "nvd");
     assert_eq!(n.status, RunStatus::Success);
     assert_eq!(
-        (n.records_fetched, n.records_inserted, n.records_updated, n.records_failed),
+        (
+            n.records_fetched,
+            n.records_inserted,
+            n.records_updated,
+            n.records_failed
+        ),
         (2000, 1500, 480, 20)
     );
     assert_eq!(n.started_at, t0);
@@ -1108,16 +1226,23 @@ async fn ingestion_runs_are_recorded(s: Arc<dyn Store>) {
     assert_eq!(k.duration_seconds, Some(2.0));
     assert_eq!(s.ingestion_runs(1).await.unwrap().len(), 1);
     assert!(matches!(
-        s.finish_ingestion_run(999_999, &RunOutcome::default(), t0).await,
+        s.finish_ingestion_run(999_999, &RunOutcome::default(), t0)
+            .await,
         Err(StoreError::NotFound(_))
     ));
 }
 
 async fn sync_state_round_trips(s: Arc<dyn Store>) {
     assert_eq!(s.get_state("nvd.last_mod_end").await.unwrap(), None);
-    s.set_state("nvd.last_mod_end", "2025-02-28T00:00:00Z", now()).await.unwrap();
-    s.set_state("kev.date_released", "2025-02-27T15:00:00.000Z", now()).await.unwrap();
-    s.set_state("nvd.last_mod_end", "2025-03-01T00:00:00Z", now()).await.unwrap();
+    s.set_state("nvd.last_mod_end", "2025-02-28T00:00:00Z", now())
+        .await
+        .unwrap();
+    s.set_state("kev.date_released", "2025-02-27T15:00:00.000Z", now())
+        .await
+        .unwrap();
+    s.set_state("nvd.last_mod_end", "2025-03-01T00:00:00Z", now())
+        .await
+        .unwrap();
     assert_eq!(
         s.get_state("nvd.last_mod_end").await.unwrap().as_deref(),
         Some("2025-03-01T00:00:00Z")
@@ -1133,8 +1258,12 @@ async fn cache_entries_are_cleaned_by_age(s: Arc<dyn Store>) {
     let t1 = now() - Duration::hours(1);
     let stats = serde_json::json!({"total_vulnerabilities": 8, "by_severity": {"CRITICAL": 2}});
     s.put_stats_cache("stats", &stats, t0).await.unwrap();
-    s.put_search_cache("q=openssh&page=1", &serde_json::json!([1, 2]), t0).await.unwrap();
-    s.put_search_cache("q=dell&page=1", &serde_json::json!({"total": 1}), t1).await.unwrap();
+    s.put_search_cache("q=openssh&page=1", &serde_json::json!([1, 2]), t0)
+        .await
+        .unwrap();
+    s.put_search_cache("q=dell&page=1", &serde_json::json!({"total": 1}), t1)
+        .await
+        .unwrap();
     let got = s.get_stats_cache("stats").await.unwrap().unwrap();
     assert_eq!(got.value, stats);
     assert_eq!(got.stored_at, t0);
@@ -1146,8 +1275,13 @@ async fn cache_entries_are_cleaned_by_age(s: Arc<dyn Store>) {
     let kept = s.get_search_cache("q=dell&page=1").await.unwrap().unwrap();
     assert_eq!(kept.value, serde_json::json!({"total": 1}));
     // Overwriting a key replaces value and time.
-    s.put_stats_cache("stats", &serde_json::json!(1), now()).await.unwrap();
-    assert_eq!(s.get_stats_cache("stats").await.unwrap().unwrap().stored_at, now());
+    s.put_stats_cache("stats", &serde_json::json!(1), now())
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_stats_cache("stats").await.unwrap().unwrap().stored_at,
+        now()
+    );
     assert_eq!(s.clean_cache(now() - Duration::hours(24)).await.unwrap(), 0);
 }
 
@@ -1164,10 +1298,22 @@ async fn sql_injection_in_filters_changes_nothing(s: Arc<dyn Store>) {
     ];
     for a in attacks {
         for q in [
-            ListQuery { vendor: Some(a.into()), ..all() },
-            ListQuery { product: Some(a.into()), ..all() },
-            ListQuery { cwe: Some(a.into()), ..all() },
-            ListQuery { q: Some(a.into()), ..all() },
+            ListQuery {
+                vendor: Some(a.into()),
+                ..all()
+            },
+            ListQuery {
+                product: Some(a.into()),
+                ..all()
+            },
+            ListQuery {
+                cwe: Some(a.into()),
+                ..all()
+            },
+            ListQuery {
+                q: Some(a.into()),
+                ..all()
+            },
         ] {
             let page = s.list_cves(&q).await.unwrap();
             assert_eq!(page.total, 0, "{a:?} matched something: {q:?}");
@@ -1181,7 +1327,9 @@ async fn sql_injection_in_filters_changes_nothing(s: Arc<dyn Store>) {
 }
 
 fn a_sort_outside_the_whitelist_is_refused() -> bool {
-    "priority_score; DROP TABLE vulnerabilities".parse::<SortField>().is_err()
+    "priority_score; DROP TABLE vulnerabilities"
+        .parse::<SortField>()
+        .is_err()
         && "sideways".parse::<SortOrder>().is_err()
 }
 
@@ -1197,7 +1345,10 @@ async fn suggestions_by_id_and_title(s: Arc<dyn Store>) {
     assert_eq!(sug[0].cve_id, "CVE-1999-0001");
     assert!(s.suggest("ip%input", 10).await.unwrap().is_empty());
     assert_eq!(s.suggest("CVE-", 2).await.unwrap().len(), 2);
-    assert!(s.suggest("CVE-2023-5129", 10).await.unwrap().is_empty(), "Rejected");
+    assert!(
+        s.suggest("CVE-2023-5129", 10).await.unwrap().is_empty(),
+        "Rejected"
+    );
     assert!(s.suggest("  ", 10).await.unwrap().is_empty());
 }
 
@@ -1207,8 +1358,14 @@ async fn llm_bookkeeping(s: Arc<dyn Store>) {
     let got: Vec<&str> = high.iter().map(|r| r.cve_id.as_str()).collect();
     assert_eq!(got.len(), 4);
     assert_eq!(got[0], "CVE-2024-3400", "highest score first");
-    assert!(high.windows(2).all(|w| w[0].priority_score >= w[1].priority_score));
-    assert_eq!(s.llm_candidates(None, 100).await.unwrap().len(), 8, "Rejected excluded");
+    assert!(high
+        .windows(2)
+        .all(|w| w[0].priority_score >= w[1].priority_score));
+    assert_eq!(
+        s.llm_candidates(None, 100).await.unwrap().len(),
+        8,
+        "Rejected excluded"
+    );
 
     s.record_llm_failure(&id("CVE-2024-3400"), "ollama: connection refused", now())
         .await
@@ -1229,7 +1386,11 @@ async fn llm_bookkeeping(s: Arc<dyn Store>) {
     assert_eq!(r.llm_processed_at, Some(e.processed_at));
     assert_eq!(r.llm_input_hash.as_deref(), Some("abc123"));
     assert_eq!(r.recommended_action, e.recommended_action);
-    assert_eq!(r.updated_at, now(), "enrichment is not a change of the record");
+    assert_eq!(
+        r.updated_at,
+        now(),
+        "enrichment is not a change of the record"
+    );
     let high = s.llm_candidates(Some(Priority::High), 10).await.unwrap();
     assert_eq!(high.len(), 3);
     assert!(matches!(
@@ -1242,12 +1403,16 @@ async fn llm_bookkeeping(s: Arc<dyn Store>) {
 
 #[tokio::test]
 async fn unknown_scheme_is_a_clear_error_without_the_password() {
-    let err = openthreat_store::connect("mysql://ot:hunter2@db/ot").await.unwrap_err();
+    let err = openthreat_store::connect("mysql://ot:hunter2@db/ot")
+        .await
+        .unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, StoreError::InvalidUrl { .. }), "{msg}");
     assert!(msg.contains("unsupported scheme \"mysql\""), "{msg}");
     assert!(!msg.contains("hunter2"), "{msg}");
-    let err = openthreat_store::connect("just-a-path.db").await.unwrap_err();
+    let err = openthreat_store::connect("just-a-path.db")
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("no scheme"), "{err}");
 }
 
@@ -1258,9 +1423,16 @@ async fn unreachable_postgres_is_a_clear_error_without_the_password() {
         .unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, StoreError::Connect { .. }), "{msg}");
-    assert!(msg.starts_with("cannot connect to PostgreSQL database at postgres://ot:***@127.0.0.1:1/ot"), "{msg}");
+    assert!(
+        msg.starts_with(
+            "cannot connect to PostgreSQL database at postgres://ot:***@127.0.0.1:1/ot"
+        ),
+        "{msg}"
+    );
     assert!(!msg.contains("hunter2"), "{msg}");
-    let err = openthreat_store::connect("postgres://ot:hunter2@[::1/ot").await.unwrap_err();
+    let err = openthreat_store::connect("postgres://ot:hunter2@[::1/ot")
+        .await
+        .unwrap_err();
     assert!(!err.to_string().contains("hunter2"), "{err}");
 }
 
@@ -1268,7 +1440,10 @@ async fn unreachable_postgres_is_a_clear_error_without_the_password() {
 async fn sqlite_creates_file_and_directories() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a/b/openthreat.db");
-    for url in [format!("sqlite:{}", path.display()), format!("sqlite://{}", path.display())] {
+    for url in [
+        format!("sqlite:{}", path.display()),
+        format!("sqlite://{}", path.display()),
+    ] {
         let store = openthreat_store::connect(&url).await.unwrap();
         store.migrate().await.unwrap();
         assert_eq!(store.backend(), openthreat_store::Backend::Sqlite);
