@@ -100,12 +100,12 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     };
 
     runtime::shutdown_signal().await;
-    eprintln!("shutting down: finishing running tasks...");
+    tracing::info!("shutting down: finishing running tasks");
     stop.cancel();
     if let Some(beat) = beat {
         beat.await??;
     }
     worker.await??;
-    eprintln!("stopped.");
+    tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
