@@ -82,7 +82,10 @@ impl Beat {
         }
     }
 
-    /// The same beat under a chosen owner id (e.g. `host:pid`), for logs.
+    /// The same beat under a chosen owner id (e.g. `host:pid:start-time`).
+    /// It must be unique among beats running at once: the store lets an owner
+    /// re-claim its own slot (to survive lost replies), so two live beats
+    /// sharing an id could both fire one slot.
     pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
         self.owner = owner.into();
         self
