@@ -597,3 +597,19 @@ fn mapping_workers_give_the_same_records_in_the_same_order() {
     .unwrap_err();
     assert!(matches!(err, FeedsError::Json { .. }), "{err:?}");
 }
+
+#[test]
+fn other_documents_are_rejected_as_a_whole() {
+    let kev = Path::new(DATA).join("kev/known_exploited_vulnerabilities.json");
+    let err = parse_file(&kev, &FileOptions::default(), &mut |_| Ok(())).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("not an NVD document"), "{msg}");
+    assert!(
+        msg.contains("known_exploited_vulnerabilities.json"),
+        "{msg}"
+    );
+    let cve5 = Path::new(DATA).join("cvelistv5/cves/2024/3xxx/CVE-2024-3400.json");
+    assert!(parse_file(&cve5, &FileOptions::default(), &mut |_| Ok(())).is_err());
+    assert!(parse_page(b"[1, 2]", "array").is_err());
+    assert!(parse_page(b"{}", "empty").is_err());
+}

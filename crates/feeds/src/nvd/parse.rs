@@ -721,6 +721,14 @@ impl<'de> Visitor<'de> for TopSeed<'_, '_> {
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
                 "vulnerabilities" => {
+                    if !saw_envelope && !bare.is_empty() {
+                        // Other keys first and none of NVD's: some other
+                        // catalog with a `vulnerabilities` array (CISA KEV).
+                        let keys: Vec<&str> = bare.keys().take(6).map(String::as_str).collect();
+                        return Err(de::Error::custom(format!(
+                            "not an NVD document: \"vulnerabilities\" without NVD's envelope keys (found {keys:?})"
+                        )));
+                    }
                     saw_envelope = true;
                     map.next_value_seed(VulnsSeed { ctx: self.ctx })?;
                 }
@@ -768,10 +776,13 @@ impl<'de> Visitor<'de> for TopSeed<'_, '_> {
         if saw_wrapper {
             return Ok((DocumentKind::Wrapped, None));
         }
-        if bare.is_empty() {
-            return Err(de::Error::custom(
-                "empty object: neither an NVD response nor a cve record",
-            ));
+        if !bare.contains_key("id") {
+            // Not a record with a bad field but another kind of document
+            // (a KEV catalog, a CVE 5 record, ...): fail the file clearly.
+            let keys: Vec<&str> = bare.keys().take(6).map(String::as_str).collect();
+            return Err(de::Error::custom(format!(
+                "not an NVD document: no \"vulnerabilities\", \"cve\" or \"id\" key (found {keys:?})"
+            )));
         }
         self.ctx.bare(serde_json::Value::Object(bare))?;
         Ok((DocumentKind::Bare, None))
