@@ -14,6 +14,7 @@
 //! * [`nvd::parse`]: streaming parsers for API pages, feed files (`.json`,
 //!   `.json.gz`), bare records and directories; the batch contract.
 //! * [`nvd::meta`]: `.meta` files and their sha256 check.
+//! * [`nvd::download`]: downloading yearly/modified feeds with their `.meta`.
 //! * [`nvd::client`]: the NVD CVE API 2.0 client (paging, date windows,
 //!   API key, retries with backoff).
 //! * [`ratelimit`]: the sliding-window limiter that keeps us within NVD's quota.
