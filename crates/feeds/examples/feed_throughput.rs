@@ -10,6 +10,10 @@
 //! cargo run --release -p openthreat-feeds --features test-server \
 //!     --example feed_throughput -- [RECORDS] [--gz]
 //! ```
+//!
+//! With `STAGES=1` it first times each stage separately (JSON splitting,
+//! typed parsing, mapping) on an in-memory copy; that diagnostic loads the
+//! whole file, so use it with small record counts.
 
 use std::io::{BufWriter, Write};
 use std::time::Instant;
@@ -76,7 +80,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         started.elapsed()
     );
 
-    if std::env::var("SPLIT_ONLY").is_ok() {
+    if std::env::var("STAGES").is_ok() {
         let t = Instant::now();
         let f = std::io::BufReader::with_capacity(64 * 1024, std::fs::File::open(&path)?);
         let v: serde::de::IgnoredAny = serde_json::from_reader(f)?;
