@@ -100,3 +100,28 @@ async fn a_short_download_is_rejected() {
     assert!(!dir.path().join("nvdcve-2.0-2002.json.gz").exists());
     assert!(!dir.path().join("nvdcve-2.0-2002.meta").exists());
 }
+
+#[tokio::test]
+async fn fixture_file_server_serves_everything_the_app_needs() {
+    use openthreat_feeds::testing::{EPSS_PATH, FEEDS_PATH, KEV_PATH};
+    let srv = FileServer::with_fixtures(0).await.unwrap();
+    let kev = openthreat_feeds::kev::fetch_kev(&srv.url(KEV_PATH), &retry())
+        .await
+        .unwrap();
+    assert_eq!(kev.entries.len(), 1404);
+    let (summary, rows) = openthreat_feeds::epss::fetch_epss(&srv.url(EPSS_PATH), &retry())
+        .await
+        .unwrap();
+    assert_eq!((summary.rows, rows.len()), (2, 2));
+    let dir = tempfile::tempdir().unwrap();
+    let mut total = 0;
+    for name in ["nvdcve-2.0-2002", "nvdcve-2.0-2021", "nvdcve-2.0-modified"] {
+        let d = download_feed(&srv.url(FEEDS_PATH), name, dir.path(), &retry())
+            .await
+            .unwrap();
+        total += parse_file(&d.path, &FileOptions::default(), &mut |_| Ok(()))
+            .unwrap()
+            .parsed;
+    }
+    assert_eq!(total, 4 + 3 + 2);
+}
