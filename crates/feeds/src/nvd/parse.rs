@@ -187,8 +187,9 @@ impl Default for FileOptions {
 
 /// Streams records out of a file: `.json` or gzip (recognised by its magic
 /// bytes, whatever the name), verifying the sibling `.meta` sha256 when
-/// there is one (and `opts.verify_meta`). Each record is handed to
-/// `on_record` as soon as it is read.
+/// there is one (and `opts.verify_meta`). Records are handed to
+/// `on_record` in document order as soon as they are mapped; an `Err`
+/// return means the file failed, whatever was handed over before.
 pub fn parse_file(
     path: &Path,
     opts: &FileOptions,
@@ -242,9 +243,9 @@ pub fn parse_file(
     Ok(ParseSummary { meta, ..summary })
 }
 
-/// Streams a file in batches; see the module docs for the contract. The
-/// callback's error stops the parse and is returned as [`FeedsError::Stopped`]
-/// (or as itself, when it is already a `FeedsError`).
+/// Streams a file in batches; see the module docs for the contract. An
+/// error returned by the callback stops the parse and is returned unchanged
+/// ([`FeedsError::Stopped`] is there for callers without an error of their own).
 pub fn parse_file_batches(
     path: &Path,
     opts: &FileOptions,
