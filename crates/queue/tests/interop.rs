@@ -149,7 +149,12 @@ async fn python_priorities_honoured_by_our_worker() {
     let batch = json!([[["low"], 9], [["mid"], 6], [["high-1"], 0], [["high-2"], 0]]).to_string();
     client(&env, &["sendmany", &env.queue, "tests.record", &batch]).await;
     let ctx = Ctx::default();
-    let w = Running::start(env.worker(ctx.clone()).concurrency(1).build());
+    let w = Running::start(
+        env.worker(ctx.clone())
+            .concurrency(1)
+            .prefetch_multiplier(1)
+            .build(),
+    );
     let deadline = Instant::now() + WAIT;
     while ctx.log().len() < 4 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -193,12 +198,14 @@ async fn python_restores_a_message_we_lost() {
         )
         .await
         .unwrap();
-    assert!(env
-        .broker
-        .fetch(&env.queues(), Duration::from_secs(1))
-        .await
-        .unwrap()
-        .is_some());
+    assert!(
+        env.broker
+            .fetch(&env.queues(), 1, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .len()
+            == 1
+    );
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let mut restore = python(&env);
     restore.env("OTQ_VT", "1").arg("client.py").arg("restore");
@@ -214,9 +221,10 @@ async fn python_restores_a_message_we_lost() {
     );
     let d = env
         .broker
-        .fetch(&env.queues(), Duration::from_secs(1))
+        .fetch(&env.queues(), 1, Duration::from_secs(1))
         .await
         .unwrap()
+        .pop()
         .unwrap();
     let m = openthreat_queue::message::Message::decode(d.raw.as_bytes()).unwrap();
     assert_eq!(m.headers.extra.get("redelivered"), Some(&json!(true)));
@@ -250,10 +258,12 @@ async fn spawn_test_worker(
     tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
 ) {
     let bin = test_worker_bin();
-    if !bin.exists() {
-        // `cargo test --test interop` does not build examples; plain `cargo test` does.
+    // `cargo test --test interop` does not build examples (plain `cargo test`
+    // does), and a stale one would test old code: build it, once per run.
+    static BUILT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let built = *BUILT.get_or_init(|| {
         let target = bin.parent().unwrap().parent().unwrap().parent().unwrap();
-        let status = std::process::Command::new(option_env!("CARGO").unwrap_or("cargo"))
+        std::process::Command::new(option_env!("CARGO").unwrap_or("cargo"))
             .args([
                 "build",
                 "-p",
@@ -263,13 +273,9 @@ async fn spawn_test_worker(
             ])
             .env("CARGO_TARGET_DIR", target)
             .status()
-            .unwrap();
-        assert!(
-            status.success() && bin.exists(),
-            "could not build {}",
-            bin.display()
-        );
-    }
+            .is_ok_and(|s| s.success())
+    });
+    assert!(built && bin.exists(), "could not build {}", bin.display());
     let mut child = Command::new(bin)
         .args([env.url.as_str(), env.queue.as_str(), name])
         .stdout(Stdio::piped())
