@@ -131,7 +131,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         let mut parsed = Vec::with_capacity(records.len());
         let mut failed = Vec::new();
         for record in records {
-            match serde_json::from_value::<Cve>(record.clone()) {
+            // `&Value` is itself a deserializer: no copy of the record.
+            match <Cve as serde::Deserialize>::deserialize(record) {
                 Ok(cve) => parsed.push(cve),
                 Err(e) => {
                     let id = record
