@@ -140,7 +140,46 @@ async fn our_producer_to_python_worker() {
         other => panic!("{other:?}"),
     }
     worker.kill().await.unwrap();
+
+    // The result meta Python wrote has exactly the keys ours has.
+    let python_meta = raw_meta(&env, r.id()).await;
+    let w = Running::start(env.worker(Ctx::default()).build());
+    let ours = env
+        .producer
+        .send_task("tests.fail", vec![json!("x")], Map::new(), env.send_opts())
+        .await
+        .unwrap();
+    ours.get(WAIT).await.unwrap_err();
+    w.stop().await;
+    let our_meta = raw_meta(&env, ours.id()).await;
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        keys(&our_meta),
+        keys(&python_meta),
+        "{our_meta} vs {python_meta}"
+    );
+    assert_eq!(keys(&our_meta["result"]), keys(&python_meta["result"]));
+    assert_eq!(our_meta["status"], python_meta["status"]);
+    let date_len = |v: &Value| v["date_done"].as_str().unwrap().len();
+    assert_eq!(
+        date_len(&our_meta),
+        date_len(&python_meta),
+        "{our_meta} vs {python_meta}"
+    );
     env.cleanup().await;
+}
+
+/// The stored `celery-task-meta-<id>` value, as JSON.
+async fn raw_meta(env: &Env, id: &str) -> Value {
+    let c = redis::Client::open(common::REDIS_URL).unwrap();
+    let mut conn = c.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{}celery-task-meta-{id}", env.prefix);
+    let raw: String = redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    serde_json::from_str(&raw).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
