@@ -422,13 +422,17 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
         .headers
         .ignore_result
         .unwrap_or(entry.options.ignore_result);
+    // Returns whether the result is safely stored (or not wanted).
     let store = |meta: TaskMeta| async move {
-        if !ignore_result {
-            log_err(
-                "store result",
-                &meta.task_id.clone(),
-                shared.backend.store(&meta).await,
-            );
+        if ignore_result {
+            return true;
+        }
+        match shared.backend.store(&meta).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(task_id = %meta.task_id, error = %e, "storing the result failed");
+                false
+            }
         }
     };
 
@@ -572,7 +576,7 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
     };
     let runtime = started.elapsed();
 
-    match outcome {
+    let stored = match outcome {
         Outcome::Requeue => {
             tracing::warn!(task_id = %id, "requeued at shutdown");
             log_err("requeue", &id, broker.requeue(&delivery).await);
@@ -580,7 +584,7 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
         }
         Outcome::Finished(Ok(Ok(value))) => {
             tracing::info!(task_id = %id, task = %name, ?runtime, "succeeded");
-            store(TaskMeta::new(&id, State::Success, value)).await;
+            store(TaskMeta::new(&id, State::Success, value)).await
         }
         Outcome::Finished(Ok(Err(TaskError::Retry { countdown, failure })))
             if msg.headers.retries < entry.options.max_retries =>
@@ -599,13 +603,15 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
                 tracing::error!(task_id = %id, error = %e, "could not publish retry");
                 return;
             }
+            // The retry message exists now: ack the original whatever the store does.
             store(TaskMeta::failed(&id, State::Retry, &failure, None)).await;
+            true
         }
         Outcome::Finished(Ok(
             Err(TaskError::Retry { failure, .. }) | Err(TaskError::Fail(failure)),
         )) => {
             tracing::error!(task_id = %id, task = %name, exc = %failure.exc_type, reason = %failure.message, "failed");
-            store(TaskMeta::failed(&id, State::Failure, &failure, None)).await;
+            store(TaskMeta::failed(&id, State::Failure, &failure, None)).await
         }
         Outcome::Finished(Err(join)) => {
             let what = match join.try_into_panic() {
@@ -618,7 +624,7 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
             };
             tracing::error!(task_id = %id, task = %name, panic = %what, "task panicked");
             let f = Failure::new("RuntimeError", format!("task panicked: {what}"));
-            store(TaskMeta::failed(&id, State::Failure, &f, None)).await;
+            store(TaskMeta::failed(&id, State::Failure, &f, None)).await
         }
         Outcome::TimeLimit(limit) => {
             tracing::error!(task_id = %id, task = %name, ?limit, "hard time limit exceeded: aborted");
@@ -626,10 +632,17 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
                 "billiard.exceptions.TimeLimitExceeded",
                 format!("TimeLimitExceeded({})", limit.as_secs_f64()),
             );
-            store(TaskMeta::failed(&id, State::Failure, &f, None)).await;
+            store(TaskMeta::failed(&id, State::Failure, &f, None)).await
         }
-    }
+    };
     shared.state.count_processed(&name);
+    if !stored {
+        // Late ack only after the outcome is recorded: leave the message
+        // leased so it is redelivered after the visibility timeout (a stored
+        // SUCCESS is never overwritten, so a rerun is harmless).
+        tracing::warn!(task_id = %id, "not acked: the outcome was not stored");
+        return;
+    }
     log_err("ack", &id, broker.ack(&delivery).await);
 }
 
