@@ -582,7 +582,38 @@ async fn inject_raw(env: &Env, raw: &str) {
     }
 }
 
-both!(undecodable_messages_are_dead_lettered);
+both!(
+    undecodable_messages_are_dead_lettered,
+    track_started_shows_started
+);
+
+async fn track_started_shows_started(env: &Env) {
+    let ctx = Ctx::default();
+    let w = Running::start(env.worker(ctx.clone()).track_started(true).build());
+    let r = env
+        .producer
+        .send_task(
+            "tests.sleepy",
+            vec![json!(200)],
+            Map::new(),
+            env.send_opts(),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while r.state().await.unwrap() == State::Pending && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let meta = r.meta().await.unwrap().unwrap();
+    assert_eq!(meta.status, State::Started);
+    assert_eq!(
+        meta.result["hostname"],
+        json!(format!("test@{}", env.queue))
+    );
+    assert_eq!(meta.date_done, None);
+    assert_eq!(r.get(WAIT).await.unwrap(), json!("slept"));
+    w.stop().await;
+}
 
 async fn undecodable_messages_are_dead_lettered(env: &Env) {
     let good =

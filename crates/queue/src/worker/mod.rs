@@ -55,6 +55,7 @@ pub struct WorkerBuilder<C> {
     lease_refresh_interval: Duration,
     shutdown_timeout: Duration,
     fetch_wait: Duration,
+    track_started: bool,
 }
 
 impl<C: Clone + Send + Sync + 'static> WorkerBuilder<C> {
@@ -122,6 +123,13 @@ impl<C: Clone + Send + Sync + 'static> WorkerBuilder<C> {
         self
     }
 
+    /// Store a STARTED state when a task begins (Celery's
+    /// `task_track_started`, default off: it costs a write per task).
+    pub fn track_started(mut self, on: bool) -> Self {
+        self.track_started = on;
+        self
+    }
+
     /// Builds the worker.
     pub fn build(self) -> Worker<C> {
         let hostname = self.hostname.unwrap_or_else(|| {
@@ -156,6 +164,7 @@ impl<C: Clone + Send + Sync + 'static> WorkerBuilder<C> {
                 hostname,
                 queues: self.queues,
                 exec: Arc::new(Semaphore::new(self.concurrency)),
+                track_started: self.track_started,
                 stop: CancellationToken::new(),
                 requeue: CancellationToken::new(),
             }),
@@ -181,6 +190,7 @@ struct Shared<C> {
     /// Execution slots: at most `concurrency` task bodies run at once, however
     /// many messages are prefetched.
     exec: Arc<Semaphore>,
+    track_started: bool,
     /// Stop fetching (warm shutdown began).
     stop: CancellationToken,
     /// Give up on running tasks: abort and requeue them.
@@ -238,6 +248,7 @@ impl<C: Clone + Send + Sync + 'static> Worker<C> {
             lease_refresh_interval: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
             fetch_wait: Duration::from_secs(1),
+            track_started: false,
         }
     }
 
@@ -540,6 +551,10 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
         }
     };
     shared.state.start(&id);
+    if shared.track_started {
+        let info = serde_json::json!({"pid": std::process::id(), "hostname": shared.hostname});
+        store(TaskMeta::new(&id, State::Started, info)).await;
+    }
     let cancel = CancellationToken::new();
     let request = Arc::new(RequestInfo {
         id: id.clone(),
