@@ -985,7 +985,10 @@ async fn llm_batch_route_reaches_the_batch_handler() {
     assert!(body.get("cve_id").is_none(), "taken for a CVE id: {body}");
     let sent = t.gateway.sent.lock().unwrap().clone();
     assert_eq!(sent[0].1.name, "tasks.process_llm_queue");
-    assert_eq!(sent[0].1.args, vec![json!(5), json!("medium")]);
+    assert_eq!(
+        json!(sent[0].1.kwargs),
+        json!({"batch_size": 5, "priority": "medium"})
+    );
 
     let a = post(&t.router, "/api/v1/llm/process/batch").await.json();
     assert_eq!(
@@ -1045,8 +1048,8 @@ async fn task_routes_report_what_the_gateway_knows() {
     .json();
     assert_eq!(a["status"], "queued");
     assert_eq!(
-        gw.sent.lock().unwrap()[1].1.args,
-        vec![json!(3), json!("low")]
+        json!(gw.sent.lock().unwrap()[1].1.kwargs),
+        json!({"batch_size": 3, "priority": "low"})
     );
 
     let s = get(&r, &format!("/api/v1/tasks/{id}")).await.json();
@@ -1389,4 +1392,78 @@ async fn bad_settings_are_named() {
             .to_string();
         assert!(err.starts_with(var), "{err}");
     }
+}
+
+#[tokio::test]
+async fn queue_gateway_publishes_celery_messages_and_reads_results() {
+    use openthreat::api::gateway::QueueGateway;
+    use openthreat_queue::message::Message;
+    use openthreat_queue::{State, TaskMeta};
+
+    let b = seeded_sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let queue_url = format!("sqlite://{}", dir.path().join("queue.db").display());
+    let broker = openthreat_queue::connect_broker(&queue_url).await.unwrap();
+    let backend = openthreat_queue::connect_backend(&queue_url).await.unwrap();
+    let gw = QueueGateway::new(
+        broker.clone(),
+        backend.clone(),
+        openthreat_queue::beat::default_schedule(),
+    );
+    let state = AppState::new(b.store.clone(), config(&[]))
+        .unwrap()
+        .with_tasks(Arc::new(gw));
+    let r = app(state);
+
+    let a = post(&r, "/api/v1/llm/process/batch?batch_size=7&priority=low").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let id = a.json()["task_id"].as_str().unwrap().to_string();
+
+    // A real Celery protocol v2 message is waiting in the broker.
+    let queue = vec!["celery".to_string()];
+    assert_eq!(
+        broker.queue_lengths(&queue).await.unwrap(),
+        vec![("celery".to_string(), 1)]
+    );
+    let delivery = broker
+        .fetch(&queue, std::time::Duration::from_secs(1))
+        .await
+        .unwrap()
+        .expect("a message");
+    let message = Message::decode(delivery.raw.as_bytes()).unwrap();
+    assert_eq!(message.headers.task, "tasks.process_llm_queue");
+    assert_eq!(message.headers.id, id);
+    assert_eq!(
+        json!(message.kwargs),
+        json!({"batch_size": 7, "priority": "low"})
+    );
+
+    // Until a worker stores a result, Celery says PENDING.
+    let s = get(&r, &format!("/api/v1/tasks/{id}")).await.json();
+    assert_eq!(s["status"], "PENDING");
+    backend
+        .store(&TaskMeta::new(&id, State::Success, json!({"queued": 7})))
+        .await
+        .unwrap();
+    let s = get(&r, &format!("/api/v1/tasks/{id}")).await.json();
+    assert_eq!(s["status"], "SUCCESS");
+    assert_eq!(s["result"], json!({"queued": 7}));
+    let s = get(&r, &format!("/api/v1/llm/task/{id}")).await.json();
+    assert_eq!(s["status"], "success");
+
+    // The schedule is beat's, not a fixed list.
+    let s = get(&r, "/api/v1/tasks/scheduled/list").await.json();
+    assert_eq!(s["total"], 7);
+    let high = s["scheduled_tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "process-high-priority")
+        .unwrap();
+    assert_eq!(high["task"], "tasks.process_llm_queue");
+    assert_eq!(high["schedule"], "*/10 * * * *");
+    assert!(high["description"].as_str().unwrap().contains("high"));
+    // No worker runs in this process and none is invented.
+    let w = get(&r, "/api/v1/tasks/workers/status").await.json();
+    assert_eq!(w["status"], "no_workers");
 }

@@ -8,6 +8,8 @@
 //! # Layout
 //! * [`tasks`]: the [`TaskGateway`] trait: send a task, read its state, list
 //!   workers, read the beat schedule.
+//! * [`gateway`]: [`gateway::QueueGateway`], the task gateway over the
+//!   queue crate (producer, result backend, beat schedule, local workers).
 //! * [`error`]: [`ApiError`] (FastAPI's `{"detail", "code"}` shape) and the
 //!   extractors that turn bad input into it.
 //! * [`params`]: query parameter structs and their validation.
@@ -23,6 +25,7 @@
 //! → handler → store ([`openthreat_store::Store`]) / task gateway.
 
 pub mod error;
+pub mod gateway;
 pub mod metrics;
 pub mod models;
 pub mod params;

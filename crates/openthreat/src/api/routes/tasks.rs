@@ -94,8 +94,14 @@ pub(crate) async fn send_llm_queue(
     Ok(gw
         .send(TaskRequest {
             name: names::PROCESS_LLM_QUEUE.into(),
-            args: vec![json!(size), json!(priority)],
-            kwargs: Default::default(),
+            // Keyword arguments, as beat's default schedule sends them.
+            args: vec![],
+            kwargs: [
+                ("batch_size".to_string(), json!(size)),
+                ("priority".to_string(), json!(priority)),
+            ]
+            .into_iter()
+            .collect(),
             priority: None,
         })
         .await?)
