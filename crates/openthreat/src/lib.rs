@@ -9,6 +9,7 @@
 //! * [`cli`]: the clap command tree, one file per subcommand.
 //! * [`doctor`]: the health checks behind `openthreat doctor` (and later `/health`).
 //! * [`runtime`]: opening the store, broker and result backend; shutdown signals.
+//! * [`schedule`]: the beat's entries, store and publisher.
 //! * [`tasks`]: the Celery tasks, one per file, and their shared [`tasks::AppContext`].
 //! * [`stats`]: statistics through the stats cache (shared by the task, API and CLI).
 
@@ -17,5 +18,6 @@ pub mod cli;
 pub mod config;
 pub mod doctor;
 pub mod runtime;
+pub mod schedule;
 pub mod stats;
 pub mod tasks;
