@@ -549,6 +549,9 @@ async fn route_contract(backend: &Backend) {
         "/api/v1/search?vendor=microsoft%27%20OR%20%271%27%3D%271",
         "/api/v1/vulnerabilities/vendor/microsoft%27%20OR%20%271%27%3D%271",
         "/api/v1/search?product=%25",
+        // LIKE wildcards are literal characters, not patterns.
+        "/api/v1/search?q=%25",
+        "/api/v1/search?q=%25%25%25",
     ] {
         let a = get(r, uri).await;
         assert_eq!(a.status, StatusCode::OK, "{uri}");
@@ -582,6 +585,8 @@ async fn route_contract(backend: &Backend) {
         .await
         .json();
     assert_eq!(s["suggestions"].as_array().unwrap().len(), 1);
+    let s = get(r, "/api/v1/search/suggest?q=%25%25").await.json();
+    assert_eq!(s["suggestions"], json!([]), "a LIKE wildcard matched");
     assert_422_naming(&get(r, "/api/v1/search/suggest?q=c").await, "q");
     assert_422_naming(&get(r, "/api/v1/search/suggest").await, "q");
     assert_422_naming(
@@ -1426,9 +1431,10 @@ async fn queue_gateway_publishes_celery_messages_and_reads_results() {
         vec![("celery".to_string(), 1)]
     );
     let delivery = broker
-        .fetch(&queue, std::time::Duration::from_secs(1))
+        .fetch(&queue, 1, std::time::Duration::from_secs(1))
         .await
         .unwrap()
+        .pop()
         .expect("a message");
     let message = Message::decode(delivery.raw.as_bytes()).unwrap();
     assert_eq!(message.headers.task, "tasks.process_llm_queue");

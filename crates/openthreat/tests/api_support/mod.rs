@@ -32,7 +32,7 @@ pub fn fixture_cves() -> Vec<Cve> {
         .map(|p| {
             let nvd: NvdCve = serde_json::from_slice(&std::fs::read(&p).unwrap())
                 .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            map_cve(&nvd).unwrap_or_else(|e| panic!("{}: {e:?}", p.display()))
+            map_cve(nvd).unwrap_or_else(|e| panic!("{}: {e:?}", p.display()))
         })
         .collect();
     cves.sort_by(|a, b| a.cve_id.cmp(&b.cve_id));
