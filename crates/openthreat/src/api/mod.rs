@@ -165,6 +165,9 @@ pub struct AppState {
     pub settings: Arc<ApiSettings>,
     pub(crate) metrics: Arc<metrics::Metrics>,
     pub(crate) limiter: Arc<security::RateLimiter>,
+    /// The last LLM check and when it ran (see `routes::health`).
+    pub(crate) llm_health:
+        Arc<tokio::sync::Mutex<Option<(std::time::Instant, crate::doctor::Check)>>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -189,6 +192,7 @@ impl AppState {
                 settings.write_burst,
             )),
             metrics: Arc::new(metrics::Metrics::new()?),
+            llm_health: Arc::default(),
             config: Arc::new(config),
             settings: Arc::new(settings),
         })

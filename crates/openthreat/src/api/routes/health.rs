@@ -5,6 +5,8 @@
 //! store rather than a fresh connection, so a health probe every few
 //! seconds does not open a pool each time.
 
+use std::time::{Duration, Instant};
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -14,9 +16,28 @@ use utoipa_axum::routes;
 
 use crate::api::models::Health;
 use crate::api::AppState;
-use crate::doctor::{self, Status};
+use crate::doctor::{self, Check, Status};
 
 pub(crate) const TAG: &str = "Health";
+
+/// How long an LLM check is reused. Load balancers poll `/health` every few
+/// seconds; asking Ollama each time would add its timeout to every poll when
+/// it hangs, and load it for nothing when it is fine.
+const LLM_CHECK_TTL: Duration = Duration::from_secs(30);
+
+/// The LLM check, at most one every [`LLM_CHECK_TTL`]. The async mutex makes
+/// concurrent polls wait for one check instead of each starting their own.
+async fn llm_check(state: &AppState) -> Check {
+    let mut last = state.llm_health.lock().await;
+    if let Some((at, check)) = last.as_ref() {
+        if at.elapsed() < LLM_CHECK_TTL {
+            return check.clone();
+        }
+    }
+    let check = doctor::check_ollama(&state.config.ollama_host, &state.config.ollama_model).await;
+    *last = Some((Instant::now(), check.clone()));
+    check
+}
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(health))
@@ -58,7 +79,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, Json<H
             None => None,
         }
     };
-    let llm = doctor::check_ollama(&config.ollama_host, &config.ollama_model);
+    let llm = llm_check(&state);
     let workers = async {
         match state.tasks.as_deref() {
             Some(gw) => gw.workers().await.ok().map(|w| w.len()),
