@@ -1473,3 +1473,56 @@ async fn queue_gateway_publishes_celery_messages_and_reads_results() {
     let w = get(&r, "/api/v1/tasks/workers/status").await.json();
     assert_eq!(w["status"], "no_workers");
 }
+
+#[tokio::test]
+async fn serve_answers_over_tcp_and_sees_the_client_address() {
+    // Everything from the configuration, as `openthreat serve` starts it.
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("ot.db").display());
+    let queue = format!("sqlite://{}", dir.path().join("queue.db").display());
+    let cfg = config(&[
+        ("OPENTHREAT_API_KEY", ""),
+        ("DATABASE_URL", &db),
+        ("CELERY_BROKER_URL", &queue),
+    ]);
+    let state =
+        openthreat::api::state_from_config(&cfg, openthreat_queue::beat::default_schedule(), None)
+            .await
+            .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(openthreat::api::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let health = client
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let body: Value = health.json().await.unwrap();
+    assert_eq!(body["database"], "connected");
+    // No key configured, and the client is on loopback: the write is accepted,
+    // which shows the real client address reaches the guard.
+    let sent = client
+        .post(format!("http://{addr}/api/v1/tasks/process-new-cves"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+    let body: Value = sent.json().await.unwrap();
+    assert_eq!(body["status"], "queued");
+    let list = client
+        .get(format!("http://{addr}/api/v1/tasks/scheduled/list"))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(list["total"], 7);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -370,6 +370,25 @@ async fn not_found() -> ApiError {
     ApiError::not_found("Not Found")
 }
 
+/// The state `openthreat serve` and `openthreat run` start the API with:
+/// the configured store (migrated), and a [`gateway::QueueGateway`] over the
+/// configured broker and result backend reporting `schedule` (the entries
+/// beat runs) and, when the worker runs in this process, its state.
+pub async fn state_from_config(
+    config: &Config,
+    schedule: Vec<openthreat_queue::beat::Entry>,
+    local_worker: Option<Arc<openthreat_queue::WorkerState>>,
+) -> anyhow::Result<AppState> {
+    let store = crate::runtime::open_store(config).await?;
+    let broker = crate::runtime::open_broker(config).await?;
+    let backend = crate::runtime::open_backend(config).await?;
+    let mut gateway = gateway::QueueGateway::new(broker, backend, schedule);
+    if let Some(worker) = local_worker {
+        gateway = gateway.with_local_worker(worker);
+    }
+    Ok(AppState::new(store, config.clone())?.with_tasks(Arc::new(gateway)))
+}
+
 /// Serves [`app`] on `listener` until `shutdown` resolves, then finishes the
 /// requests in flight. Client addresses are recorded for the loopback rule.
 pub async fn serve(
