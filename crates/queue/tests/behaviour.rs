@@ -551,3 +551,95 @@ async fn warm_shutdown_requeues_after_timeout(env: &Env) {
     assert_eq!(r.get(WAIT).await.unwrap(), json!("cancelled"));
     w.stop().await;
 }
+
+/// Writes `raw` straight into the broker's storage for this env's queue,
+/// bypassing our encoder: what a buggy or hostile producer could leave there.
+async fn inject_raw(env: &Env, raw: &str) {
+    match env.kind {
+        "redis" => {
+            let c = redis::Client::open(common::REDIS_URL).unwrap();
+            let mut conn = c.get_multiplexed_async_connection().await.unwrap();
+            let key = format!("{}{}", env.prefix, env.queue);
+            let _: i64 = redis::cmd("LPUSH")
+                .arg(key)
+                .arg(raw)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        _ => {
+            let url = env.url.split('?').next().unwrap();
+            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+            sqlx::query(
+                "INSERT INTO queue_messages (queue, priority, payload, visible_at) VALUES (?, 0, ?, 0)",
+            )
+            .bind(&env.queue)
+            .bind(raw)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    }
+}
+
+both!(undecodable_messages_are_dead_lettered);
+
+async fn undecodable_messages_are_dead_lettered(env: &Env) {
+    let good =
+        openthreat_queue::message::Message::new("tests.add", "x", vec![], Map::new(), &env.queue)
+            .encode();
+    let pickled = good.replace("application/json", "application/x-python-serialize");
+    let bad_body = {
+        let mut v: Value = serde_json::from_str(&good).unwrap();
+        v["body"] = json!("!!! not base64 !!!");
+        v.to_string()
+    };
+    for raw in [
+        "not json at all",
+        "{\"body\": 1}",
+        pickled.as_str(),
+        bad_body.as_str(),
+    ] {
+        inject_raw(env, raw).await;
+    }
+    let w = Running::start(env.worker(Ctx::default()).build());
+    let deadline = Instant::now() + WAIT;
+    while env.broker.dead_letters(10).await.unwrap().len() < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dead = env.broker.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 4, "{dead:?}");
+    assert!(dead
+        .iter()
+        .any(|d| d.payload == "not json at all" && d.reason.contains("bad envelope")));
+    assert!(dead.iter().any(|d| d.reason.contains("JSON only")));
+    assert!(dead.iter().any(|d| d.reason.contains("base64")));
+    // Nothing left behind (not even in kombu's unacked hash), and the worker still works.
+    assert_eq!(
+        env.broker.queue_lengths(&env.queues()).await.unwrap()[0].1,
+        0
+    );
+    if env.kind == "redis" {
+        let c = redis::Client::open(common::REDIS_URL).unwrap();
+        let mut conn = c.get_multiplexed_async_connection().await.unwrap();
+        let key = format!("{}unacked", env.prefix);
+        let n: i64 = redis::cmd("HLEN")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+    let r = env
+        .producer
+        .send_task(
+            "tests.add",
+            vec![json!(1), json!(2)],
+            Map::new(),
+            env.send_opts(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get(WAIT).await.unwrap(), json!(3));
+    w.stop().await;
+}

@@ -34,6 +34,11 @@
 //!   (`2024-04-12T08:15:06.123456Z`), which sorts and compares correctly.
 //! * `updated_at` changes only when the source facts of a CVE change (an
 //!   import, KEV or EPSS), not on LLM enrichment or priority decay.
+//! * Full-text search (`ListQuery::q`): a stored generated `tsvector` with a
+//!   GIN index on PostgreSQL, an external-content FTS5 table kept by
+//!   triggers on SQLite (porter stemmer, close to PostgreSQL's `english`).
+//!   Both are maintained in the write path, which costs ingestion speed but
+//!   keeps search exact right after an import.
 
 use std::sync::Arc;
 

@@ -238,29 +238,22 @@ fn push_filters(qb: &mut QueryBuilder<'_, Postgres>, q: &ListQuery) {
     if let Some(p) = q.priority {
         qb.push(" AND priority = ").push_bind(p.as_str());
     }
-    if let Some(pattern) = q.q_pattern() {
-        // TODO(search): tsvector + GIN with ranking; a substring scan until then.
-        qb.push(" AND (");
-        for (i, col) in [
-            "cve_id",
-            "title",
-            "description",
-            "simple_title",
-            "simple_description",
-            "vendors::text",
-            "products::text",
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            if i > 0 {
-                qb.push(" OR ");
-            }
-            qb.push(format_args!("lower({col}) LIKE "))
-                .push_bind(pattern.clone())
-                .push(" ESCAPE '\\'");
+    if let Some(words) = q.q_words() {
+        if words.is_empty() {
+            qb.push(" AND FALSE");
+        } else {
+            // Every word must occur, each as a (stemmed) prefix, matching
+            // SQLite's FTS5 query; words are alphanumeric, so the tsquery
+            // syntax cannot be injected.
+            let tsquery = words
+                .iter()
+                .map(|w| format!("{w}:*"))
+                .collect::<Vec<_>>()
+                .join(" & ");
+            qb.push(" AND search_vector @@ to_tsquery('english', ")
+                .push_bind(tsquery)
+                .push(")");
         }
-        qb.push(")");
     }
 }
 

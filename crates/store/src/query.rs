@@ -134,8 +134,9 @@ pub struct ListQuery {
     pub include_rejected: bool,
     pub llm_processed: Option<bool>,
     pub priority: Option<Priority>,
-    /// Free text over CVE id, title, description, LLM fields, vendors and
-    /// products (case-insensitive substring match for now).
+    /// Full-text search over CVE id, title, description, the LLM fields,
+    /// vendors and products: every word must occur, as a stemmed prefix
+    /// (PostgreSQL `tsvector`, SQLite FTS5). Punctuation only separates words.
     pub q: Option<String>,
     pub sort: SortField,
     pub order: SortOrder,
@@ -222,13 +223,24 @@ impl ListQuery {
             .and_then(|d| d.and_hms_opt(0, 0, 0))
             .map(|d| d.and_utc())
     }
-    /// The `q` text as a LIKE pattern (`%text%`), with LIKE's wildcards escaped.
-    pub(crate) fn q_pattern(&self) -> Option<String> {
+    /// The words of `q` for full-text search: runs of letters and digits,
+    /// lower-cased. `None` when there is no `q` (no filter); an empty list
+    /// when `q` has no searchable word (matches nothing). Because only
+    /// alphanumerics survive, the words can be embedded in a tsquery or an
+    /// FTS5 query (and are still bound as parameters) without any
+    /// syntax of the user's reaching the search engine.
+    pub(crate) fn q_words(&self) -> Option<Vec<String>> {
         let q = self.q.as_deref()?.trim();
         if q.is_empty() {
             return None;
         }
-        Some(format!("%{}%", escape_like(&q.to_lowercase())))
+        Some(
+            q.split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .take(16)
+                .map(str::to_lowercase)
+                .collect(),
+        )
     }
 }
 

@@ -285,29 +285,23 @@ fn push_filters(qb: &mut QueryBuilder<'_, Sqlite>, q: &ListQuery) {
     if let Some(p) = q.priority {
         qb.push(" AND priority = ").push_bind(p.as_str());
     }
-    if let Some(pattern) = q.q_pattern() {
-        // TODO(search): FTS5 with ranking; a substring scan until then.
-        qb.push(" AND (");
-        for (i, col) in [
-            "cve_id",
-            "title",
-            "description",
-            "simple_title",
-            "simple_description",
-            "vendors",
-            "products",
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            if i > 0 {
-                qb.push(" OR ");
-            }
-            qb.push(format_args!("lower({col}) LIKE "))
-                .push_bind(pattern.clone())
-                .push(" ESCAPE '\\'");
+    if let Some(words) = q.q_words() {
+        if words.is_empty() {
+            qb.push(" AND 0");
+        } else {
+            // Every word must occur, each as a prefix ("cve-2019-07" finds
+            // CVE-2019-0708); words are alphanumeric, so quoting is safe.
+            let matcher = words
+                .iter()
+                .map(|w| format!("\"{w}\"*"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            qb.push(
+                " AND id IN (SELECT rowid FROM vulnerabilities_fts WHERE vulnerabilities_fts MATCH ",
+            )
+            .push_bind(matcher)
+            .push(")");
         }
-        qb.push(")");
     }
 }
 

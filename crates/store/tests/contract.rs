@@ -177,6 +177,7 @@ contract_tests!(
     sync_state_round_trips,
     cache_entries_are_cleaned_by_age,
     sql_injection_in_filters_changes_nothing,
+    full_text_search_finds_words_in_every_field,
     suggestions_by_id_and_title,
     llm_bookkeeping,
 );
@@ -1310,20 +1311,76 @@ async fn sql_injection_in_filters_changes_nothing(s: Arc<dyn Store>) {
                 cwe: Some(a.into()),
                 ..all()
             },
-            ListQuery {
-                q: Some(a.into()),
-                ..all()
-            },
         ] {
             let page = s.list_cves(&q).await.unwrap();
             assert_eq!(page.total, 0, "{a:?} matched something: {q:?}");
         }
+        // In full-text search punctuation only separates words: the words
+        // may match, but never a Rejected record or an error.
+        let q = ListQuery {
+            q: Some(a.into()),
+            ..all()
+        };
+        let page = s.list_cves(&q).await.unwrap();
+        assert!(
+            page.items.iter().all(|r| r.vuln_status != "Rejected"),
+            "{a:?}"
+        );
         assert!(s.suggest(a, 10).await.unwrap().is_empty(), "{a:?}");
         s.set_state(a, a, now()).await.unwrap();
         assert_eq!(s.get_state(a).await.unwrap().as_deref(), Some(a));
     }
     assert!(a_sort_outside_the_whitelist_is_refused());
     assert_eq!(s.list_cves(&all()).await.unwrap().total, 8, "table intact");
+}
+
+async fn full_text_search_finds_words_in_every_field(s: Arc<dyn Store>) {
+    seed(&s).await;
+    let search = |text: &str| {
+        let s = s.clone();
+        let q = ListQuery {
+            q: Some(text.into()),
+            ..all()
+        };
+        async move { ids(&s, q).await }
+    };
+    // Description words, any case, stemmed ("packets" finds "packet").
+    assert_eq!(search("Heartbeat Extension").await, ["CVE-2014-0160"]);
+    assert_eq!(search("crafted packet").await, ["CVE-1999-0001"]);
+    assert_eq!(search("Remote Desktop").await, ["CVE-2019-0708"]);
+    // Every word must match.
+    assert!(search("heartbeat desktop").await.is_empty());
+    // CVE ids, whole or as a prefix; vendors and products.
+    assert_eq!(search("CVE-2024-3400").await, ["CVE-2024-3400"]);
+    assert_eq!(search("paloaltonetworks").await, ["CVE-2024-3400"]);
+    assert_eq!(search("filezilla_server").await, ["CVE-2014-0160"]);
+    // The LLM's words become searchable once written, and stay in step.
+    assert!(search("takeover").await.is_empty());
+    s.save_enrichment(&id("CVE-2024-3400"), &enrichment(now()))
+        .await
+        .unwrap();
+    assert_eq!(search("takeover").await, ["CVE-2024-3400"]);
+    // Rejected records stay hidden; a changed description is re-indexed.
+    assert!(search("withdrawn").await.is_empty());
+    let mut c = fixture("CVE-2024-0158");
+    c.description = "Dell BIOS contains a buffer overflow in the SMM handler.".into();
+    c.modified_at += Duration::days(1);
+    s.upsert_cves(&[c], now()).await.unwrap();
+    assert_eq!(search("smm handler").await, ["CVE-2024-0158"]);
+    assert!(search("authenticated malicious").await.is_empty());
+    // Combined with filters ("remote" also occurs in CVE-1999-0001, which
+    // is not exploited); no searchable word matches nothing.
+    assert_eq!(
+        search("remote").await,
+        ["CVE-1999-0001", "CVE-2014-0160", "CVE-2019-0708"]
+    );
+    let q = ListQuery {
+        q: Some("remote".into()),
+        exploited: Some(true),
+        ..all()
+    };
+    assert_eq!(ids(&s, q).await, ["CVE-2014-0160", "CVE-2019-0708"]);
+    assert!(search("%%").await.is_empty());
 }
 
 fn a_sort_outside_the_whitelist_is_refused() -> bool {

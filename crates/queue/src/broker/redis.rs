@@ -16,6 +16,14 @@
 //! * `openthreat.scheduled` (zset due-time → `[list key, payload]`) and
 //!   `openthreat.dead_letter` (list): ours; Python ignores them.
 //!
+//! # Fetching
+//!
+//! Messages already waiting are leased in batches by one Lua script that pops
+//! them in priority order and writes their `unacked` entries in the same
+//! atomic step. Only when nothing is waiting does the worker block in `BRPOP`
+//! (on its own connection, 1 s timeout, like kombu) and then record the one
+//! message it got, as kombu does.
+//!
 //! # ETA tasks and the visibility timeout (kombu#337)
 //!
 //! Celery keeps an ETA task unacked in the worker's memory until it is due.
@@ -28,6 +36,10 @@
 //! so exactly one copy exists at every moment. Leases of messages being run
 //! are also refreshed (`ZADD XX`) while they run, so a task longer than the
 //! visibility timeout is not restored under a live worker either.
+//!
+//! The price: a deferred message waits in a key only our workers read, so
+//! while no worker of ours runs, it is not released (Python workers keep
+//! handling the ETA messages they receive themselves, the Celery way).
 
 use std::time::Duration;
 
