@@ -1381,6 +1381,9 @@ async fn security_headers_cors_request_ids_and_limits() {
     let a = get(&t.router, "/no/such/route").await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     assert_eq!(a.json()["code"], "not_found");
+    let a = get(&t.router, "/api/v1/tasks/process-new-cves").await;
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(a.json()["code"], "method_not_allowed");
     let a = get(&t.router, &format!("/api/v1/search?q={}", "x".repeat(5000))).await;
     assert_eq!(a.status, StatusCode::URI_TOO_LONG);
     assert_eq!(a.json()["code"], "uri_too_long");

@@ -279,6 +279,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics_handler))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         // Innermost first: the write guard sees the matched route; metrics
         // count its 401/429s; 5xx finishing sees everything below it.
         .layer(middleware::from_fn_with_state(
@@ -368,6 +369,14 @@ async fn limit_uri(request: Request, next: Next) -> Response {
 
 async fn not_found() -> ApiError {
     ApiError::not_found("Not Found")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "Method Not Allowed",
+    )
 }
 
 /// The state `openthreat serve` and `openthreat run` start the API with:
