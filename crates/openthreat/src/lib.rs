@@ -4,6 +4,7 @@
 //! The binary in `main.rs` is one line; everything testable lives here.
 //!
 //! # Layout
+//! * [`api`]: the HTTP API (axum router, OpenAPI, Swagger UI, `/health`, `/metrics`).
 //! * [`config`]: configuration from the environment and `.env`, with secrets redacted.
 //! * [`cli`]: the clap command tree, one file per subcommand.
 //! * [`doctor`]: the health checks behind `openthreat doctor` (and later `/health`).
@@ -12,6 +13,7 @@
 //! * [`tasks`]: the Celery tasks, one per file, and their shared [`tasks::AppContext`].
 //! * [`stats`]: statistics through the stats cache (shared by the task, API and CLI).
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod doctor;
