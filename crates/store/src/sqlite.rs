@@ -538,18 +538,32 @@ impl Store for SqliteStore {
         if prefix.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let pattern = format!("{}%", escape_like(prefix));
-        // LIKE is case-insensitive in SQLite and can use the NOCASE indexes.
+        // CVE ids are stored upper case: a case-sensitive GLOB on the
+        // unique index. Only id characters go into the pattern, so GLOB's
+        // wildcards cannot come from the user.
+        let id_prefix: String = prefix
+            .to_ascii_uppercase()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
+        let id_glob = if id_prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{id_prefix}*")
+        };
+        // Titles: LIKE is case-insensitive and uses the NOCASE title index.
+        let title_like = format!("{}%", escape_like(prefix));
         let rows = sqlx::query(
             "SELECT cve_id, title FROM ( \
                SELECT cve_id, title, 0 AS rank FROM vulnerabilities \
-                 WHERE cve_id LIKE ?1 ESCAPE '\\' AND vuln_status <> 'Rejected' \
+                 WHERE cve_id GLOB ?1 AND vuln_status <> 'Rejected' \
                UNION \
                SELECT cve_id, title, 1 AS rank FROM vulnerabilities \
-                 WHERE title LIKE ?1 ESCAPE '\\' AND vuln_status <> 'Rejected' \
-             ) GROUP BY cve_id ORDER BY MIN(rank), cve_id DESC LIMIT ?2",
+                 WHERE title LIKE ?2 ESCAPE '\\' AND vuln_status <> 'Rejected' \
+             ) GROUP BY cve_id ORDER BY MIN(rank), cve_id DESC LIMIT ?3",
         )
-        .bind(&pattern)
+        .bind(&id_glob)
+        .bind(&title_like)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
