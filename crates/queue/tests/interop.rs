@@ -420,3 +420,69 @@ async fn sigterm_is_a_warm_shutdown() {
     );
     env.cleanup().await;
 }
+
+/// Two worker processes compete for one queue: every task runs, and no task
+/// is claimed twice (the claim is atomic on both brokers).
+async fn two_processes_share_a_queue(env: Env) {
+    let (mut a, mut lines_a) = spawn_test_worker(&env, "a").await;
+    let (mut b, mut lines_b) = spawn_test_worker(&env, "b").await;
+    for lines in [&mut lines_a, &mut lines_b] {
+        assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("ready"));
+    }
+    const N: i64 = 400;
+    let mut handles = Vec::new();
+    for i in 0..N {
+        let args = vec![json!(i), json!(0), json!(1)];
+        handles.push(
+            env.producer
+                .send_task("tests.slow_add", args, Map::new(), env.send_opts())
+                .await
+                .unwrap(),
+        );
+    }
+    for (i, h) in handles.iter().enumerate() {
+        assert_eq!(h.get(WAIT).await.unwrap(), json!(i));
+    }
+    for child in [&mut a, &mut b] {
+        let pid = child.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        tokio::time::timeout(WAIT, child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let mut started = std::collections::HashMap::<String, u32>::new();
+    let mut per_worker = Vec::new();
+    for mut lines in [lines_a, lines_b] {
+        let mut n = 0;
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(id) = line.strip_prefix("started ") {
+                *started.entry(id.to_owned()).or_default() += 1;
+                n += 1;
+            }
+        }
+        per_worker.push(n);
+    }
+    assert_eq!(started.len(), N as usize, "every task ran");
+    assert!(started.values().all(|n| *n == 1), "a task ran twice");
+    assert!(
+        per_worker.iter().all(|n| *n > 0),
+        "both workers took work: {per_worker:?}"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_share_a_queue_redis() {
+    if let Some(env) = Env::redis().await {
+        two_processes_share_a_queue(env).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_share_a_queue_sqlite() {
+    two_processes_share_a_queue(Env::sqlite().await).await;
+}
