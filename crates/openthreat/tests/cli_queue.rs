@@ -30,6 +30,20 @@ fn spawn(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Child {
     cmd.spawn().expect("spawn openthreat")
 }
 
+/// A minimal HTTP/1.1 GET, so the test needs no HTTP client crate.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the API");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
 /// Sends SIGTERM and waits; returns the exit code and everything printed.
 fn terminate(mut child: Child) -> (Option<i32>, String) {
     let _ = Command::new("kill")
@@ -232,12 +246,20 @@ fn run_starts_worker_and_beat_in_one_process_and_stops_cleanly() {
     let mut child = spawn(
         dir.path(),
         &[NO_OLLAMA, ("RUST_LOG", "openthreat_queue=info")],
-        &["run", "-c", "1", "--schedule", schedule.to_str().unwrap()],
+        &[
+            "run",
+            "-c",
+            "1",
+            "--bind",
+            "127.0.0.1:0",
+            "--schedule",
+            schedule.to_str().unwrap(),
+        ],
     );
     // The start-up lines say what the process uses.
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut banner = String::new();
-    for _ in 0..7 {
+    for _ in 0..8 {
         stdout.read_line(&mut banner).unwrap();
     }
     assert!(
@@ -253,6 +275,17 @@ fn run_starts_worker_and_beat_in_one_process_and_stops_cleanly() {
         "{banner}"
     );
     assert!(banner.contains("beat     : 1 entries"), "{banner}");
+
+    // The HTTP API runs in the same process and answers on the address it printed.
+    let addr = banner
+        .lines()
+        .find_map(|l| l.strip_prefix("  http     : http://"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no http line in {banner}"))
+        .to_string();
+    let health = http_get(&addr, "/health");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.contains("\"database\""), "{health}");
 
     // Wait until the beat has fired and the worker has run at least two ticks.
     // The reader keeps draining stderr afterwards so the process never sees a closed pipe.

@@ -391,6 +391,19 @@ pub async fn state_from_config(
     let store = crate::runtime::open_store(config).await?;
     let broker = crate::runtime::open_broker(config).await?;
     let backend = crate::runtime::open_backend(config).await?;
+    state_with(config, store, broker, backend, schedule, local_worker)
+}
+
+/// The API's state over handles the caller already opened (as `openthreat
+/// run` does, so the worker, the beat and the API share one connection each).
+pub fn state_with(
+    config: &Config,
+    store: Arc<dyn openthreat_store::Store>,
+    broker: Arc<dyn openthreat_queue::Broker>,
+    backend: Arc<dyn openthreat_queue::ResultBackend>,
+    schedule: Vec<openthreat_queue::beat::Entry>,
+    local_worker: Option<Arc<openthreat_queue::WorkerState>>,
+) -> anyhow::Result<AppState> {
     let mut gateway = gateway::QueueGateway::new(broker, backend, schedule);
     if let Some(worker) = local_worker {
         gateway = gateway.with_local_worker(worker);
@@ -398,8 +411,6 @@ pub async fn state_from_config(
     Ok(AppState::new(store, config.clone())?.with_tasks(Arc::new(gateway)))
 }
 
-/// Serves [`app`] on `listener` until `shutdown` resolves, then finishes the
-/// requests in flight. Client addresses are recorded for the loopback rule.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,

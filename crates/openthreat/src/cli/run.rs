@@ -1,10 +1,12 @@
-//! `openthreat run`: the whole service in one process — worker and beat (and
-//! the HTTP API once it lands) — on the embedded default when nothing is
-//! configured. Ctrl-C or SIGTERM shuts everything down cleanly.
+//! `openthreat run`: the whole service in one process — HTTP API, worker and
+//! beat — on the embedded default when nothing is configured. Ctrl-C or
+//! SIGTERM shuts everything down cleanly.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+
+use anyhow::Context;
 
 use openthreat_queue::{Producer, Worker};
 use tokio_util::sync::CancellationToken;
@@ -12,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{redact_url, Config};
 use crate::doctor::{self, Status};
 use crate::tasks::{self, AppContext};
-use crate::{runtime, schedule};
+use crate::{api, runtime, schedule};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -25,6 +27,9 @@ pub struct Args {
     /// Do not start the beat (e.g. when another machine runs it).
     #[arg(long)]
     without_beat: bool,
+    /// Address of the HTTP API (default: OPENTHREAT_BIND or 127.0.0.1:8001).
+    #[arg(long, value_name = "ADDR")]
+    bind: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
@@ -58,6 +63,17 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         ),
     };
     println!("  llm      : {llm_line}");
+    let bind = args
+        .bind
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| config.bind.clone());
+    let listener = tokio::net::TcpListener::bind(&bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind} (OPENTHREAT_BIND / --bind)"))?;
+    println!(
+        "  http     : http://{} (Swagger UI at /docs)",
+        listener.local_addr()?
+    );
     println!(
         "  beat     : {}",
         if args.without_beat {
@@ -77,7 +93,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
 
     let stop = CancellationToken::new();
     let ctx = AppContext {
-        store,
+        store: store.clone(),
         config: Arc::new(config.clone()),
     };
     let mut builder = tasks::register_all(Worker::builder(broker.clone(), backend.clone(), ctx));
@@ -85,12 +101,22 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         anyhow::ensure!(n > 0, "--concurrency must be at least 1");
         builder = builder.concurrency(n);
     }
+    let worker = builder.build();
+    // The API shares the worker's live state, so /tasks/workers/status shows it.
+    let state = api::state_with(
+        config,
+        store,
+        broker.clone(),
+        backend.clone(),
+        entries.clone(),
+        Some(worker.state()),
+    )?;
     let worker_stop = stop.clone();
-    let worker = tokio::spawn(
-        builder
-            .build()
-            .run(async move { worker_stop.cancelled().await }),
-    );
+    let worker = tokio::spawn(worker.run(async move { worker_stop.cancelled().await }));
+    let http_stop = stop.clone();
+    let http = tokio::spawn(api::serve(listener, state, async move {
+        http_stop.cancelled().await
+    }));
     let beat = if args.without_beat {
         None
     } else {
@@ -106,6 +132,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         beat.await??;
     }
     worker.await??;
+    http.await??;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
