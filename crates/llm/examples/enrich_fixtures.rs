@@ -125,6 +125,18 @@ async fn main() -> anyhow::Result<()> {
             }
         };
         rows.push(row);
+        // Rewrite the report after every CVE, so a run cut short (a time
+        // limit, a crashed server) still leaves what it measured.
+        let partial = json!({
+            "summary": {"model": config.model, "url": config.redacted_url(),
+                        "done": rows.len(), "of": cves.len(), "valid": valid,
+                        "seconds_so_far": started.elapsed().as_secs_f64()},
+            "results": rows,
+        });
+        std::fs::write(
+            format!("{out}.json"),
+            serde_json::to_string_pretty(&partial)?,
+        )?;
     }
     let total = started.elapsed().as_secs_f64();
     let per_cve = total / cves.len().max(1) as f64;
