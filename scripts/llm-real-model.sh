@@ -55,7 +55,14 @@ echo "starting llama-cpp-python server on 127.0.0.1:$PORT (log: $LOG)"
     --host 127.0.0.1 --port "$PORT" --n_ctx 4096 --n_threads "$THREADS" \
     >"$LOG" 2>&1 &
 SERVER_PID=$!
-trap 'kill "$SERVER_PID" 2>/dev/null || true' EXIT
+# uvicorn waits for a generation in progress before it exits on SIGTERM, and
+# llama.cpp does not stop generating when the client gives up; force it.
+stop_server() {
+    kill "$SERVER_PID" 2>/dev/null || return 0
+    sleep 3
+    kill -9 "$SERVER_PID" 2>/dev/null || true
+}
+trap stop_server EXIT
 
 for _ in $(seq 1 120); do
     if curl -fsS "http://127.0.0.1:$PORT/v1/models" >/dev/null 2>&1; then
