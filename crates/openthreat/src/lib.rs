@@ -7,6 +7,8 @@
 //! * [`config`]: configuration from the environment and `.env`, with secrets redacted.
 //! * [`cli`]: the clap command tree, one file per subcommand.
 //! * [`doctor`]: the health checks behind `openthreat doctor` (and later `/health`).
+//! * [`ingest`]: the ingestion service (NVD API sync, NVD feed files, KEV, EPSS),
+//!   shared by `openthreat ingest` and `update_vulnerabilities_task`.
 //! * [`runtime`]: opening the store, broker and result backend; shutdown signals.
 //! * [`tasks`]: the Celery tasks, one per file, and their shared [`tasks::AppContext`].
 //! * [`stats`]: statistics through the stats cache (shared by the task, API and CLI).
@@ -14,6 +16,7 @@
 pub mod cli;
 pub mod config;
 pub mod doctor;
+pub mod ingest;
 pub mod runtime;
 pub mod stats;
 pub mod tasks;

@@ -13,6 +13,7 @@ use crate::config::Config;
 
 mod call;
 mod doctor;
+mod ingest;
 mod migrate;
 mod purge;
 mod worker;
@@ -48,6 +49,9 @@ pub enum Command {
     Call(call::Args),
     /// Delete waiting messages from queues (asks first unless --force).
     Purge(purge::Args),
+    /// Import CVEs (NVD API sync, NVD feed files or local files), CISA KEV
+    /// and EPSS into the database, once, with a progress bar and a summary.
+    Ingest(ingest::Args),
 }
 
 /// Entry point of the binary: parse, set up logging, load configuration, run.
@@ -75,6 +79,7 @@ pub fn main() -> ExitCode {
             Command::Worker(args) => worker::run(&config, args).await,
             Command::Call(args) => call::run(&config, args).await,
             Command::Purge(args) => purge::run(&config, args).await,
+            Command::Ingest(args) => ingest::run(&config, args).await,
         }
     });
     match result {
