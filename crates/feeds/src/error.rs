@@ -20,14 +20,15 @@ pub enum FeedsError {
         error: std::io::Error,
     },
     /// A document is not valid JSON, or is truncated. `line`/`column` come
-    /// from serde_json (1-based); `byte_offset` counts uncompressed bytes and
-    /// is the useful position when the compressed stream itself broke off.
-    #[error("{origin}: malformed or truncated JSON at line {line}, column {column} (after {byte_offset} bytes): {message}")]
+    /// from serde_json (1-based); `bytes_read` counts the uncompressed bytes
+    /// read from a stream so far, the useful position when a gzip stream
+    /// itself broke off (`None` for in-memory documents).
+    #[error("{origin}: malformed or truncated JSON at {}: {message}", position(*.line, *.column, *.bytes_read))]
     Json {
         origin: String,
         line: usize,
         column: usize,
-        byte_offset: u64,
+        bytes_read: Option<u64>,
         message: String,
     },
     /// The document is valid JSON but not in the expected shape (a CSV
@@ -88,13 +89,13 @@ impl FeedsError {
     pub(crate) fn json(
         origin: impl fmt::Display,
         err: &serde_json::Error,
-        byte_offset: u64,
+        bytes_read: Option<u64>,
     ) -> Self {
         FeedsError::Json {
             origin: origin.to_string(),
             line: err.line(),
             column: err.column(),
-            byte_offset,
+            bytes_read,
             message: err.to_string(),
         }
     }
@@ -108,6 +109,20 @@ impl FeedsError {
             _ => false,
         }
     }
+}
+
+/// "line 3, column 7 (12345 bytes read)"; serde_json reports line 0 for
+/// I/O errors such as a broken gzip stream, where only the count helps.
+fn position(line: usize, column: usize, bytes_read: Option<u64>) -> String {
+    let mut s = if line > 0 {
+        format!("line {line}, column {column}")
+    } else {
+        "unknown line".to_string()
+    };
+    if let Some(n) = bytes_read {
+        s.push_str(&format!(" ({n} uncompressed bytes read)"));
+    }
+    s
 }
 
 /// One record that could not be mapped: it is skipped, and reported so the

@@ -95,7 +95,7 @@ struct RawEntry {
 /// Parses the catalog JSON. `origin` (path or URL) names the source in errors.
 pub fn parse_kev(bytes: &[u8], origin: &str) -> Result<KevCatalog, FeedsError> {
     let raw: RawCatalog =
-        serde_json::from_slice(bytes).map_err(|e| FeedsError::json(origin, &e, 0))?;
+        serde_json::from_slice(bytes).map_err(|e| FeedsError::json(origin, &e, None))?;
     let vulns = raw.vulnerabilities.ok_or_else(|| FeedsError::Format {
         origin: origin.to_string(),
         message: "no \"vulnerabilities\" array: not a KEV catalog".into(),

@@ -36,6 +36,13 @@ pub struct SyncCursor {
     pub window_end: DateTime<Utc>,
     /// `startIndex` of the next page in the window.
     pub next_start_index: u64,
+    /// NVD's `totalResults` for the window at the last committed page.
+    /// Records modified while the window is walked leave it (their
+    /// `lastModified` moves past its end), which shifts the records not yet
+    /// fetched to lower indices; when the total drops, the walk steps back
+    /// by the drop so that no record is skipped.
+    #[serde(default)]
+    pub last_total: Option<u64>,
 }
 
 impl SyncCursor {
@@ -45,6 +52,7 @@ impl SyncCursor {
             window_start: since,
             window_end: since,
             next_start_index: 0,
+            last_total: None,
         }
     }
 
@@ -81,7 +89,9 @@ pub trait SyncSink: Send + Sync {
     /// The cursor of the last committed page, or `None` before the first sync.
     async fn load_cursor(&self) -> Result<Option<SyncCursor>, SinkError>;
     /// Stores the page's records and `page.next_cursor` in one transaction:
-    /// either both are kept or neither.
+    /// either both are kept or neither. Also called for empty pages (an
+    /// empty window), so that the cursor moves on. A record may arrive
+    /// twice (window boundaries, a step back); keep the newest `lastModified`.
     async fn commit_page(&self, page: SyncPage) -> Result<(), SinkError>;
 }
 
@@ -181,8 +191,22 @@ where
             })
             .await?;
         let received = page.received();
-        let next_index = cursor.next_start_index + received;
-        let window_done = next_index >= page.total_results || received == 0;
+        let shrink = cursor
+            .last_total
+            .map_or(0, |t| t.saturating_sub(page.total_results));
+        let next_index = if shrink > 0 {
+            // Up to `shrink` unseen records slid in front of this page:
+            // fetch again from where they may now be (duplicates are harmless).
+            tracing::info!(
+                shrink,
+                start_index = cursor.next_start_index,
+                "records left the NVD window while it was walked; stepping back"
+            );
+            cursor.next_start_index.saturating_sub(shrink)
+        } else {
+            cursor.next_start_index + received
+        };
+        let window_done = (next_index >= page.total_results || received == 0) && shrink == 0;
         if received == 0 && next_index < page.total_results {
             tracing::warn!(
                 start_index = cursor.next_start_index,
@@ -195,6 +219,7 @@ where
         } else {
             SyncCursor {
                 next_start_index: next_index,
+                last_total: Some(page.total_results),
                 ..cursor.clone()
             }
         };

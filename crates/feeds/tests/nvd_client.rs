@@ -267,3 +267,61 @@ async fn fetch_single_cve() {
     let missing = openthreat_core::CveId::parse("CVE-2099-99999").unwrap();
     assert!(client.fetch_cve(&missing).await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn a_timeout_is_retried() {
+    let srv = server(NvdServerConfig {
+        delays: HashMap::from([(1, Duration::from_secs(3))]),
+        ..Default::default()
+    })
+    .await;
+    let mut cfg = NvdConfig::new(None);
+    cfg.base_url = srv.base_url();
+    cfg.results_per_page = 2;
+    cfg.retry = fast_retry(3);
+    cfg.timeout = Duration::from_millis(300);
+    let client = NvdClient::new(cfg).unwrap();
+    let page = client
+        .fetch_page(&PageRequest {
+            window: None,
+            start_index: 0,
+            results_per_page: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.cves.len(), 2);
+    // The first request was cut off by the client; the second one answered.
+    assert!(srv
+        .requests()
+        .iter()
+        .any(|r| r.number == 2 && r.status == 200));
+}
+
+#[tokio::test]
+async fn a_bad_record_in_a_served_page_is_reported_not_fatal() {
+    let mut records = load_all_nvd_fixtures().unwrap();
+    let mut bad = records[0].clone();
+    bad.id = "CVE-2099-0001".into();
+    bad.cve["id"] = serde_json::json!("CVE-2099-0001");
+    bad.cve["metrics"] = serde_json::json!("not an object");
+    records.push(bad);
+    let srv = NvdTestServer::start(NvdServerConfig {
+        records,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = client_for(&srv, None, 2000, fast_retry(1));
+    let page = client
+        .fetch_page(&PageRequest {
+            window: None,
+            start_index: 0,
+            results_per_page: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.failed.len(), 1);
+    assert_eq!(page.failed[0].cve_id.as_deref(), Some("CVE-2099-0001"));
+    assert_eq!(page.received(), page.total_results);
+    assert_eq!(page.cves.len() as u64, page.total_results - 1);
+}

@@ -397,6 +397,7 @@ fn truncated_json_names_file_and_position() {
         }
         other => panic!("unexpected {other:?}"),
     }
+    println!("{msg}");
     assert!(msg.contains("cut.json") && msg.contains("line"), "{msg}");
 }
 
@@ -413,8 +414,9 @@ fn truncated_gzip_is_an_error_not_a_short_file() {
     })
     .unwrap_err();
     let msg = err.to_string();
+    println!("{msg}");
     assert!(msg.contains("nvdcve-2.0-2021.json.gz"), "{msg}");
-    assert!(msg.contains("line") && msg.contains("bytes"), "{msg}");
+    assert!(msg.contains("bytes read"), "{msg}");
     assert!(batches.iter().all(|b| !b.is_last));
 }
 
@@ -513,4 +515,101 @@ async fn channel_batches() {
     }
     assert!(last);
     assert_eq!(total, 38);
+}
+
+#[test]
+fn mapping_workers_give_the_same_records_in_the_same_order() {
+    // Make a file big enough for several chunks, with bad records inside.
+    let text = std::fs::read_to_string(nvd("pages/vunnel/full-page.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let base = v["vulnerabilities"].as_array().unwrap().clone();
+    let mut many = Vec::new();
+    for i in 0..300 {
+        let mut item = base[i % base.len()].clone();
+        item["cve"]["id"] = serde_json::json!(format!("CVE-2030-{:05}", i));
+        if i % 97 == 5 {
+            item["cve"]["published"] = serde_json::json!([]);
+        }
+        many.push(item);
+    }
+    v["vulnerabilities"] = serde_json::Value::Array(many);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("many.json");
+    std::fs::write(&path, v.to_string()).unwrap();
+
+    let run = |workers| {
+        let mut out = Vec::new();
+        let summary = parse_file(
+            &path,
+            &FileOptions {
+                workers: Some(workers),
+                ..FileOptions::default()
+            },
+            &mut |r| {
+                out.push(r);
+                Ok(())
+            },
+        )
+        .unwrap();
+        (summary, out)
+    };
+    let (s0, inline) = run(0);
+    let (s3, pooled) = run(3);
+    assert_eq!((s0.parsed, s0.failed), (296, 4));
+    assert_eq!((s3.parsed, s3.failed), (296, 4));
+    assert_eq!(inline, pooled);
+    let failed: Vec<_> = pooled.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(failed[0].index, 5);
+    assert_eq!(failed[0].cve_id.as_deref(), Some("CVE-2030-00005"));
+
+    // A consumer error mid-way stops the workers too.
+    let mut n = 0;
+    let err = parse_file(
+        &path,
+        &FileOptions {
+            workers: Some(2),
+            ..FileOptions::default()
+        },
+        &mut |_| {
+            n += 1;
+            if n == 100 {
+                Err(FeedsError::Stopped("enough".into()))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, FeedsError::Stopped(_)));
+    assert_eq!(n, 100);
+
+    // A truncated file fails the same way with workers.
+    let full = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &full[..full.len() * 3 / 4]).unwrap();
+    let err = parse_file(
+        &path,
+        &FileOptions {
+            workers: Some(2),
+            ..FileOptions::default()
+        },
+        &mut |_| Ok(()),
+    )
+    .unwrap_err();
+    assert!(matches!(err, FeedsError::Json { .. }), "{err:?}");
+}
+
+#[test]
+fn other_documents_are_rejected_as_a_whole() {
+    let kev = Path::new(DATA).join("kev/known_exploited_vulnerabilities.json");
+    let err = parse_file(&kev, &FileOptions::default(), &mut |_| Ok(())).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("not an NVD document"), "{msg}");
+    assert!(
+        msg.contains("known_exploited_vulnerabilities.json"),
+        "{msg}"
+    );
+    let cve5 = Path::new(DATA).join("cvelistv5/cves/2024/3xxx/CVE-2024-3400.json");
+    assert!(parse_file(&cve5, &FileOptions::default(), &mut |_| Ok(())).is_err());
+    assert!(parse_page(b"[1, 2]", "array").is_err());
+    assert!(parse_page(b"{}", "empty").is_err());
 }

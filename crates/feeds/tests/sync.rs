@@ -2,7 +2,7 @@
 //! window, and resuming after a crash without loss or duplicates.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,7 +21,12 @@ struct MemorySink {
     state: Mutex<SinkState>,
     /// Fail the commit with this 1-based number (simulated crash).
     fail_on_commit: Mutex<Option<usize>>,
+    /// Called after each successful commit with its number (e.g. to let
+    /// NVD change records mid-sync).
+    after_commit: Mutex<Option<CommitHook>>,
 }
+
+type CommitHook = Box<dyn FnMut(usize, &SyncPage) + Send>;
 
 #[derive(Default)]
 struct SinkState {
@@ -53,8 +58,13 @@ impl SyncSink for MemorySink {
         if st.windows.last() != Some(&w) {
             st.windows.push(w);
         }
-        st.cursor = Some(page.next_cursor);
+        st.cursor = Some(page.next_cursor.clone());
         st.commits += 1;
+        let n = st.commits;
+        drop(st);
+        if let Some(hook) = self.after_commit.lock().unwrap().as_mut() {
+            hook(n, &page);
+        }
         Ok(())
     }
 }
@@ -251,4 +261,56 @@ async fn max_pages_bounds_a_run_and_the_next_run_continues() {
     let st = sink.state.lock().unwrap();
     assert_eq!(st.commits_per_id.len(), expected_ids(since, now).len());
     assert!(st.commits_per_id.values().all(|n| *n == 1));
+}
+
+#[tokio::test]
+async fn records_modified_during_the_walk_do_not_make_us_skip_others() {
+    let srv = Arc::new(
+        NvdTestServer::start(NvdServerConfig {
+            records: load_all_nvd_fixtures().unwrap(),
+            ..Default::default()
+        })
+        .await
+        .unwrap(),
+    );
+    let client = client(&srv, 3);
+    let sink = MemorySink::default();
+    let since = at(2023, 6, 1);
+    let now = at(2024, 6, 1);
+    let window_end = since + chrono::Duration::days(120);
+    let in_first_window: Vec<_> = load_all_nvd_fixtures()
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.last_modified >= since && r.last_modified <= window_end)
+        .collect();
+    assert!(
+        in_first_window.len() >= 6,
+        "need two pages in the first window"
+    );
+    // After page 1 is committed, NVD modifies two of its records: they leave
+    // the window, and everything behind them slides two places forward.
+    let moved: Vec<_> = in_first_window[..2].to_vec();
+    let srv2 = Arc::clone(&srv);
+    *sink.after_commit.lock().unwrap() = Some(Box::new(move |n, _page| {
+        if n == 1 {
+            for rec in &moved {
+                let mut rec = rec.clone();
+                rec.last_modified = at(2030, 1, 1);
+                rec.cve["lastModified"] = serde_json::json!("2030-01-01T00:00:00.000");
+                srv2.upsert_record(rec);
+            }
+        }
+    }));
+    run_sync(&client, &sink, &SyncOptions::new(since, now))
+        .await
+        .unwrap();
+    let st = sink.state.lock().unwrap();
+    for r in &in_first_window {
+        assert!(
+            st.commits_per_id.contains_key(&r.id),
+            "{} was skipped",
+            r.id
+        );
+    }
+    assert_eq!(st.commits_per_id.len(), expected_ids(since, now).len());
 }

@@ -11,6 +11,10 @@
 //!
 //! Writes `<out>.json` and `<out>.md`, prints one line per CVE, and exits
 //! non-zero only when the server cannot be used at all.
+//!
+//! `--revalidate <report.json>` runs the current validator again over the
+//! raw answers recorded in a report, without a model: to see what a change
+//! of the validator does to real answers.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -24,6 +28,9 @@ use serde_json::json;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
+    if let Some(path) = args.get("revalidate") {
+        return revalidate(path);
+    }
     let mut env: HashMap<String, String> = HashMap::new();
     env.insert(
         "OPENTHREAT_LLM_PROVIDER".into(),
@@ -143,6 +150,46 @@ async fn main() -> anyhow::Result<()> {
     )?;
     std::fs::write(format!("{out}.md"), markdown(&summary, &rows))?;
     println!("report: {out}.json, {out}.md");
+    Ok(())
+}
+
+fn revalidate(path: &str) -> anyhow::Result<()> {
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).with_context(|| path.to_string())?)?;
+    let cves = nvd_cves();
+    let (mut total, mut valid) = (0, 0);
+    for row in report["results"].as_array().into_iter().flatten() {
+        let id = row["cve_id"].as_str().unwrap_or_default();
+        let Some(cve) = cves.iter().find(|c| c.cve_id.as_str() == id) else {
+            continue;
+        };
+        let prompt = openthreat_llm::build_prompt(cve);
+        total += 1;
+        let verdicts: Vec<String> = row["attempts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                match openthreat_llm::validate(a["raw"].as_str().unwrap_or_default(), &prompt) {
+                    Ok(_) => "valid".to_string(),
+                    Err(e) => e.to_string(),
+                }
+            })
+            .collect();
+        // The repair call was made because the first answer failed; with a
+        // first answer that now passes, it would not have been.
+        let ok = verdicts.iter().any(|v| v == "valid");
+        if ok {
+            valid += 1;
+        }
+        let shown = if verdicts.is_empty() {
+            row["error"].as_str().unwrap_or_default().to_string()
+        } else {
+            verdicts.join(" | ")
+        };
+        println!("{id}: {}: {shown}", if ok { "ok" } else { "FAILED" });
+    }
+    println!("{valid}/{total} valid with the current validator");
     Ok(())
 }
 

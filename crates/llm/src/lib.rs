@@ -22,7 +22,7 @@
 //!   with the `json_schema` → `json_object` fallback).
 //! * [`prompt`]: the system and user messages, the output schema, the input
 //!   hash.
-//! * [`validate`]: cleaning (preambles, markdown, quotes) and the checks
+//! * [`mod@validate`]: cleaning (preambles, markdown, quotes) and the checks
 //!   (lengths, sentences, language, foreign CVE ids, invented versions and
 //!   names, copies of the input).
 //! * [`enricher`]: [`Enricher`], which ties the above together under a

@@ -5,7 +5,7 @@
 //! that carry a nonce derived from the text itself (so the text cannot
 //! contain its own closing marker), the system prompt says that what is
 //! between them is data and never instructions, and whatever the model
-//! answers is validated ([`crate::validate`]) before anything is stored.
+//! answers is validated ([`mod@crate::validate`]) before anything is stored.
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};

@@ -121,16 +121,17 @@ impl fmt::Display for ValidationError {
             Problem::TooManyWords { words, max } => {
                 write!(f, "{field} has {words} words; it must have at most {max}")
             }
-            Problem::SentenceCount { found, min, max } if min == max => {
-                write!(
-                    f,
-                    "{field} has {found} sentences; it must be exactly {min} sentence"
-                )
+            Problem::SentenceCount { found, min, max } => {
+                let noun = if *found == 1 { "sentence" } else { "sentences" };
+                if min == max {
+                    write!(
+                        f,
+                        "{field} has {found} {noun}; it must be exactly {min} sentence"
+                    )
+                } else {
+                    write!(f, "{field} has {found} {noun}; it must have {min} to {max}")
+                }
             }
-            Problem::SentenceCount { found, min, max } => write!(
-                f,
-                "{field} has {found} sentences; it must have {min} to {max}"
-            ),
             Problem::OtherCveId { id } => write!(
                 f,
                 "{field} mentions {id}, which is not the CVE being explained"
@@ -200,7 +201,20 @@ fn parse_object(raw: &str) -> Result<serde_json::Map<String, Value>, ValidationE
         (Some(a), Some(b)) if a < b => &trimmed[a..=b],
         _ => trimmed,
     };
-    match serde_json::from_str::<Value>(candidate) {
+    let parsed = serde_json::from_str::<Value>(candidate).or_else(|e| {
+        // Small models put raw line breaks inside JSON strings, which JSON
+        // forbids; as whitespace they carry no meaning, so retry with spaces.
+        if candidate.chars().any(char::is_control) {
+            let spaced: String = candidate
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            serde_json::from_str::<Value>(&spaced).map_err(|_| e)
+        } else {
+            Err(e)
+        }
+    });
+    match parsed {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(not_json("it is JSON but not an object".to_string())),
         Err(e) => Err(not_json(e.to_string())),

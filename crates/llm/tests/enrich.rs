@@ -125,7 +125,7 @@ async fn two_bad_answers_are_a_failed_attempt_with_the_last_error() {
     match &err {
         LlmError::BadOutput { reason } => {
             assert!(
-                reason.contains("simple_description has 1 sentences"),
+                reason.contains("simple_description has 1 sentence;"),
                 "{reason}"
             );
             assert!(reason.contains("not a single JSON object"), "{reason}");

@@ -63,6 +63,18 @@ fn preambles_labels_quotes_and_markdown_are_stripped() {
 }
 
 #[test]
+fn raw_line_breaks_inside_json_strings_are_tolerated() {
+    // Gemma 3 270M wrote answers like this one.
+    let p = prompt("CVE-2024-6387");
+    let raw = format!(
+        "{{\"simple_title\": \"{GOOD_TITLE}\",\n\"simple_description\": \"{}\n\",\n\"recommended_action\": \"{GOOD_ACTION}\"}}",
+        GOOD_DESC.replace(". ", ".\n")
+    );
+    let out = validate(&raw, &p).unwrap();
+    assert!(!out.simple_description.contains('\n'));
+}
+
+#[test]
 fn here_is_sentence_preamble_is_stripped() {
     let p = prompt("CVE-2024-6387");
     let raw = answer(

@@ -69,6 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             FileOptions {
                 verify_meta: false,
                 batch_size: 1000,
+                ..Default::default()
             },
             2,
         );

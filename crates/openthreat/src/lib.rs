@@ -4,19 +4,23 @@
 //! The binary in `main.rs` is one line; everything testable lives here.
 //!
 //! # Layout
+//! * [`api`]: the HTTP API (axum router, OpenAPI, Swagger UI, `/health`, `/metrics`).
 //! * [`config`]: configuration from the environment and `.env`, with secrets redacted.
 //! * [`cli`]: the clap command tree, one file per subcommand.
 //! * [`doctor`]: the health checks behind `openthreat doctor` (and later `/health`).
 //! * [`ingest`]: the ingestion service (NVD API sync, NVD feed files, KEV, EPSS),
 //!   shared by `openthreat ingest` and `update_vulnerabilities_task`.
 //! * [`runtime`]: opening the store, broker and result backend; shutdown signals.
+//! * [`schedule`]: the beat's entries, store and publisher.
 //! * [`tasks`]: the Celery tasks, one per file, and their shared [`tasks::AppContext`].
 //! * [`stats`]: statistics through the stats cache (shared by the task, API and CLI).
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod doctor;
 pub mod ingest;
 pub mod runtime;
+pub mod schedule;
 pub mod stats;
 pub mod tasks;

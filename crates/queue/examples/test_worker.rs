@@ -37,7 +37,10 @@ impl Task for SlowAdd {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("warn").init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter("warn")
+        .init();
     let args: Vec<String> = std::env::args().collect();
     let [_, url, queue, hostname] = args.as_slice() else {
         anyhow::bail!("usage: test_worker BROKER_URL QUEUE HOSTNAME");

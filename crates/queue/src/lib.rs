@@ -63,7 +63,9 @@ pub use worker::{Worker, WorkerState};
 pub async fn connect_broker(url: &str) -> Result<Arc<dyn Broker>> {
     let opts = UrlOptions::parse(url);
     if is_redis(url) {
-        let mut b = broker::redis::RedisBroker::connect(&opts.url).await?.with_prefix(opts.prefix);
+        let mut b = broker::redis::RedisBroker::connect(&opts.url)
+            .await?
+            .with_prefix(opts.prefix);
         if let Some(vt) = opts.visibility_timeout {
             b = b.with_visibility_timeout(vt);
         }
@@ -84,9 +86,15 @@ pub async fn connect_broker(url: &str) -> Result<Arc<dyn Broker>> {
 pub async fn connect_backend(url: &str) -> Result<Arc<dyn ResultBackend>> {
     let opts = UrlOptions::parse(url);
     if is_redis(url) {
-        Ok(Arc::new(backend::redis::RedisBackend::connect(&opts.url).await?.with_prefix(opts.prefix)))
+        Ok(Arc::new(
+            backend::redis::RedisBackend::connect(&opts.url)
+                .await?
+                .with_prefix(opts.prefix),
+        ))
     } else if url.starts_with("sqlite:") {
-        Ok(Arc::new(backend::sqlite::SqliteBackend::connect(&opts.url).await?))
+        Ok(Arc::new(
+            backend::sqlite::SqliteBackend::connect(&opts.url).await?,
+        ))
     } else {
         Err(Error::Url(url.to_owned()))
     }
@@ -106,19 +114,32 @@ struct UrlOptions {
 
 impl UrlOptions {
     fn parse(url: &str) -> Self {
-        let mut out = UrlOptions { url: url.to_owned(), prefix: String::new(), visibility_timeout: None };
-        let Some((base, query)) = url.split_once('?') else { return out };
+        let mut out = UrlOptions {
+            url: url.to_owned(),
+            prefix: String::new(),
+            visibility_timeout: None,
+        };
+        let Some((base, query)) = url.split_once('?') else {
+            return out;
+        };
         let mut rest = Vec::new();
         for kv in query.split('&') {
             if let Some(p) = kv.strip_prefix("global_keyprefix=") {
                 out.prefix = p.to_owned();
             } else if let Some(v) = kv.strip_prefix("visibility_timeout=") {
-                out.visibility_timeout = v.parse::<f64>().ok().map(std::time::Duration::from_secs_f64);
+                out.visibility_timeout = v
+                    .parse::<f64>()
+                    .ok()
+                    .map(std::time::Duration::from_secs_f64);
             } else {
                 rest.push(kv);
             }
         }
-        out.url = if rest.is_empty() { base.to_owned() } else { format!("{base}?{}", rest.join("&")) };
+        out.url = if rest.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", rest.join("&"))
+        };
         out
     }
 }
@@ -128,10 +149,17 @@ mod tests {
     #[test]
     fn options_from_url() {
         let o = super::UrlOptions::parse("redis://h/0");
-        assert_eq!((o.url.as_str(), o.prefix.as_str(), o.visibility_timeout), ("redis://h/0", "", None));
-        let o = super::UrlOptions::parse("redis://h/0?global_keyprefix=t1:&visibility_timeout=1.5&x=y");
+        assert_eq!(
+            (o.url.as_str(), o.prefix.as_str(), o.visibility_timeout),
+            ("redis://h/0", "", None)
+        );
+        let o =
+            super::UrlOptions::parse("redis://h/0?global_keyprefix=t1:&visibility_timeout=1.5&x=y");
         assert_eq!(o.url, "redis://h/0?x=y");
         assert_eq!(o.prefix, "t1:");
-        assert_eq!(o.visibility_timeout, Some(std::time::Duration::from_millis(1500)));
+        assert_eq!(
+            o.visibility_timeout,
+            Some(std::time::Duration::from_millis(1500))
+        );
     }
 }

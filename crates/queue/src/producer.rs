@@ -85,9 +85,10 @@ impl Producer {
             .map(|e| now + e);
         if let Some(e) = options.expires {
             // AMQP per-message TTL in ms, as Celery writes it next to the header.
-            m.properties
-                .extra
-                .insert("expiration".into(), Value::String(e.as_millis().to_string()));
+            m.properties.extra.insert(
+                "expiration".into(),
+                Value::String(e.as_millis().to_string()),
+            );
         }
         m.headers.timelimit = (
             options.time_limit.map(|d| d.as_secs_f64()),

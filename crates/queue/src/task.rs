@@ -56,7 +56,12 @@ pub trait Task: Serialize + DeserializeOwned + Send + 'static {
     type Output: Serialize + Send;
 
     /// Runs the task. Long-running work should watch `ctx.cancelled()` (soft
-    /// time limit, shutdown) and move blocking work to `tokio::task::spawn_blocking`.
+    /// time limit) and move blocking work to `tokio::task::spawn_blocking`.
+    ///
+    /// At the hard time limit the future is dropped at its next `.await`: the
+    /// task is recorded as failed and its slot freed. A blocking closure
+    /// already running on the blocking pool cannot be stopped that way; pass it
+    /// [`TaskContext::cancellation_token`] and have it check now and then.
     fn run(
         self,
         ctx: TaskContext<Self::Context>,

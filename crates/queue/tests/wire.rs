@@ -30,13 +30,21 @@ fn decodes_plain_send_task() {
     assert_eq!(m.headers.timelimit, (None, None));
     assert_eq!(m.headers.eta, None);
     assert_eq!(m.headers.root_id.as_deref(), Some(m.headers.id.as_str()));
-    assert_eq!(m.properties.correlation_id.as_deref(), Some(m.headers.id.as_str()));
+    assert_eq!(
+        m.properties.correlation_id.as_deref(),
+        Some(m.headers.id.as_str())
+    );
     assert_eq!(m.queue(), "celery");
     assert_eq!(m.properties.delivery_info.exchange, "");
     assert_eq!(m.priority(), 0);
     assert_eq!(m.properties.delivery_mode, 2);
     assert!(m.properties.delivery_tag.is_some());
-    assert_eq!(keys(&Value::Object(m.embed.clone())), ["callbacks", "chain", "chord", "errbacks"].map(String::from).into());
+    assert_eq!(
+        keys(&Value::Object(m.embed.clone())),
+        ["callbacks", "chain", "chord", "errbacks"]
+            .map(String::from)
+            .into()
+    );
     // Keys we do not model survive in `extra`.
     assert!(m.headers.extra.contains_key("stamps"));
 }
@@ -66,7 +74,8 @@ fn decodes_options() {
 fn eta_with_and_without_offset() {
     let naive = Message::decode(fixture("eta_naive").as_bytes()).unwrap();
     let aware = Message::decode(fixture("eta_utc").as_bytes()).unwrap();
-    let want = Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5).unwrap() + chrono::Duration::milliseconds(678);
+    let want =
+        Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5).unwrap() + chrono::Duration::milliseconds(678);
     assert_eq!(naive.headers.eta, Some(want));
     assert_eq!(aware.headers.eta, Some(want));
     assert_eq!(aware.headers.expires, Some(want));
@@ -86,16 +95,35 @@ fn decodes_queue_priority_ignore_result_retries() {
 #[test]
 fn our_messages_have_celerys_shape() {
     for (case, build) in [
-        ("plain", Box::new(|| Message::new("tests.add", "x", vec![json!(2), json!(3)], Map::new(), "celery")) as Box<dyn Fn() -> Message>),
+        (
+            "plain",
+            Box::new(|| {
+                Message::new(
+                    "tests.add",
+                    "x",
+                    vec![json!(2), json!(3)],
+                    Map::new(),
+                    "celery",
+                )
+            }) as Box<dyn Fn() -> Message>,
+        ),
         (
             "options",
             Box::new(|| {
-                let mut m = Message::new("tests.add", "x", vec![json!(1), json!(2)], Map::new(), "celery");
+                let mut m = Message::new(
+                    "tests.add",
+                    "x",
+                    vec![json!(1), json!(2)],
+                    Map::new(),
+                    "celery",
+                );
                 m.headers.eta = Some(Utc::now());
                 m.headers.expires = Some(Utc::now() + chrono::Duration::seconds(600));
                 m.headers.timelimit = (Some(20.0), Some(10.0));
                 m.properties.priority = Some(6);
-                m.properties.extra.insert("expiration".into(), json!("600000"));
+                m.properties
+                    .extra
+                    .insert("expiration".into(), json!("600000"));
                 m
             }),
         ),
@@ -103,8 +131,16 @@ fn our_messages_have_celerys_shape() {
         let theirs: Value = serde_json::from_str(&fixture(case)).unwrap();
         let ours: Value = serde_json::from_str(&build().encode()).unwrap();
         assert_eq!(keys(&ours), keys(&theirs), "{case}: envelope");
-        assert_eq!(keys(&ours["headers"]), keys(&theirs["headers"]), "{case}: headers");
-        assert_eq!(keys(&ours["properties"]), keys(&theirs["properties"]), "{case}: properties");
+        assert_eq!(
+            keys(&ours["headers"]),
+            keys(&theirs["headers"]),
+            "{case}: headers"
+        );
+        assert_eq!(
+            keys(&ours["properties"]),
+            keys(&theirs["properties"]),
+            "{case}: properties"
+        );
         assert_eq!(
             keys(&ours["properties"]["delivery_info"]),
             keys(&theirs["properties"]["delivery_info"]),
@@ -113,18 +149,30 @@ fn our_messages_have_celerys_shape() {
         for k in ["content-type", "content-encoding"] {
             assert_eq!(ours[k], theirs[k], "{case}: {k}");
         }
-        assert_eq!(ours["properties"]["body_encoding"], theirs["properties"]["body_encoding"]);
-        assert_eq!(ours["properties"]["delivery_mode"], theirs["properties"]["delivery_mode"]);
-        assert_eq!(ours["properties"]["priority"], theirs["properties"]["priority"]);
+        assert_eq!(
+            ours["properties"]["body_encoding"],
+            theirs["properties"]["body_encoding"]
+        );
+        assert_eq!(
+            ours["properties"]["delivery_mode"],
+            theirs["properties"]["delivery_mode"]
+        );
+        assert_eq!(
+            ours["properties"]["priority"],
+            theirs["properties"]["priority"]
+        );
         assert_eq!(ours["headers"]["timelimit"], theirs["headers"]["timelimit"]);
         let body = |v: &Value| -> Value {
-            let b = base64::engine::general_purpose::STANDARD.decode(v["body"].as_str().unwrap()).unwrap();
+            let b = base64::engine::general_purpose::STANDARD
+                .decode(v["body"].as_str().unwrap())
+                .unwrap();
             serde_json::from_slice(&b).unwrap()
         };
         assert_eq!(body(&ours), body(&theirs), "{case}: body");
         // Timestamps in Python's isoformat: microseconds and +00:00.
         for k in ["eta", "expires"] {
-            if let (Some(o), Some(t)) = (ours["headers"][k].as_str(), theirs["headers"][k].as_str()) {
+            if let (Some(o), Some(t)) = (ours["headers"][k].as_str(), theirs["headers"][k].as_str())
+            {
                 assert_eq!(o.len(), t.len(), "{case}: {k} {o} vs {t}");
                 assert!(o.ends_with("+00:00"));
             }
@@ -137,6 +185,9 @@ fn our_encoding_round_trips_through_decode() {
     let mut m = Message::new("a.b", "id", vec![json!({"x": [1, 2]})], Map::new(), "q");
     m.headers.eta = Some(Utc::now() + chrono::Duration::from_std(Duration::from_secs(5)).unwrap());
     let back = Message::decode(m.encode().as_bytes()).unwrap();
-    assert_eq!(back.headers.eta.map(|t| t.timestamp_micros()), m.headers.eta.map(|t| t.timestamp_micros()));
+    assert_eq!(
+        back.headers.eta.map(|t| t.timestamp_micros()),
+        m.headers.eta.map(|t| t.timestamp_micros())
+    );
     assert_eq!(back.args, m.args);
 }

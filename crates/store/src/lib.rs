@@ -51,8 +51,8 @@ mod sqlite;
 pub use error::{redact_url, Result, StoreError};
 pub use models::{
     ApplySummary, Backend, CacheEntry, DayCount, IngestionRun, LlmStats, Page, RunOutcome,
-    RunStatus, SeverityCount, SeverityDistribution, Stats, Suggestion, UpsertSummary,
-    VendorCount, VulnerabilityRow,
+    RunStatus, SeverityCount, SeverityDistribution, Stats, Suggestion, UpsertSummary, VendorCount,
+    VulnerabilityRow,
 };
 pub use postgres::PgStore;
 pub use query::{
@@ -126,7 +126,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         let mut parsed = Vec::with_capacity(records.len());
         let mut failed = Vec::new();
         for record in records {
-            match serde_json::from_value::<Cve>(record.clone()) {
+            // `&Value` is itself a deserializer: no copy of the record.
+            match <Cve as serde::Deserialize>::deserialize(record) {
                 Ok(cve) => parsed.push(cve),
                 Err(e) => {
                     let id = record
@@ -155,8 +156,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Sets EPSS facts on stored CVEs and recomputes their priority. Scores
     /// for CVEs the store does not hold are counted `unknown` and dropped.
-    async fn apply_epss(&self, scores: &[(CveId, Epss)], now: DateTime<Utc>)
-        -> Result<ApplySummary>;
+    async fn apply_epss(
+        &self,
+        scores: &[(CveId, Epss)],
+        now: DateTime<Utc>,
+    ) -> Result<ApplySummary>;
 
     /// Recomputes every priority score and class at `now` (recency decays
     /// with time). Returns the number of rows whose priority changed.

@@ -90,8 +90,8 @@ impl VulnerabilityRow {
     /// The stored facts as a [`Cve`] again, e.g. for the LLM prompt or for
     /// recomputing the priority.
     pub fn to_cve(&self) -> Result<Cve> {
-        let cve_id = CveId::parse(&self.cve_id)
-            .map_err(|e| StoreError::Data(format!("stored {e}")))?;
+        let cve_id =
+            CveId::parse(&self.cve_id).map_err(|e| StoreError::Data(format!("stored {e}")))?;
         let cvss = match (self.cvss_score, &self.cvss_version) {
             (Some(score), version) => Some(Cvss {
                 score,
@@ -163,8 +163,7 @@ macro_rules! row_from {
             let Json(v): Json<Vec<String>> = row.try_get(name)?;
             Ok(v)
         };
-        let Json(references): Json<Vec<openthreat_core::Reference>> =
-            row.try_get("references")?;
+        let Json(references): Json<Vec<openthreat_core::Reference>> = row.try_get("references")?;
         $crate::models::VulnerabilityRow {
             id: row.try_get("id")?,
             cve_id: row.try_get("cve_id")?,
@@ -173,7 +172,9 @@ macro_rules! row_from {
             cvss_score: row.try_get("cvss_score")?,
             cvss_vector: row.try_get("cvss_vector")?,
             cvss_version: row.try_get("cvss_version")?,
-            severity: severity.parse().unwrap_or(openthreat_core::Severity::Unknown),
+            severity: severity
+                .parse()
+                .unwrap_or(openthreat_core::Severity::Unknown),
             published_at: row.try_get("published_at")?,
             modified_at: row.try_get("modified_at")?,
             vuln_status: row.try_get("vuln_status")?,
@@ -276,7 +277,7 @@ pub struct Stats {
     pub high_vulnerabilities: u64,
     /// Every severity name (upper case) with its count, zeros included.
     pub by_severity: BTreeMap<String, u64>,
-    /// Modified within the 24 hours before `now`.
+    /// Modified within the 24 hours up to `now` (later dates are not counted).
     pub recent_updates: u64,
     /// The latest `updated_at` of any row.
     pub last_update: Option<DateTime<Utc>>,

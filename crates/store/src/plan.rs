@@ -185,13 +185,16 @@ pub(crate) fn plan_upsert(
         } else {
             plan.summary.inserted += 1;
         }
-        let (score, class) = compute_priority(&PriorityInputs {
-            cvss_score: cve.cvss_score(),
-            severity: cve.severity,
-            published_at: cve.published_at,
-            exploited: kev.is_some(),
-            epss_score: epss.as_ref().map(|e| e.score),
-        }, now);
+        let (score, class) = compute_priority(
+            &PriorityInputs {
+                cvss_score: cve.cvss_score(),
+                severity: cve.severity,
+                published_at: cve.published_at,
+                exploited: kev.is_some(),
+                epss_score: epss.as_ref().map(|e| e.score),
+            },
+            now,
+        );
         let row = build_row(cve, kev, epss, &sources, score, class, hash.clone());
         existing.insert(
             id.to_string(),
@@ -404,7 +407,9 @@ macro_rules! facts_from {
         $crate::plan::FactsRow {
             cve_id: row.try_get("cve_id")?,
             cvss_score: row.try_get("cvss_score")?,
-            severity: severity.parse().unwrap_or(openthreat_core::Severity::Unknown),
+            severity: severity
+                .parse()
+                .unwrap_or(openthreat_core::Severity::Unknown),
             published_at: row.try_get("published_at")?,
             kev: if exploited {
                 Some(openthreat_core::KevFacts {

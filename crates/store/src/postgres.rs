@@ -50,9 +50,8 @@ fn facts_row(row: &PgRow) -> Result<FactsRow, sqlx::Error> {
 
 fn run_row(row: &PgRow) -> Result<IngestionRun, sqlx::Error> {
     let status: String = row.try_get("status")?;
-    let count = |name: &str| -> Result<u64, sqlx::Error> {
-        Ok(row.try_get::<i64, _>(name)?.max(0) as u64)
-    };
+    let count =
+        |name: &str| -> Result<u64, sqlx::Error> { Ok(row.try_get::<i64, _>(name)?.max(0) as u64) };
     Ok(IngestionRun {
         id: row.try_get("id")?,
         source: row.try_get("source")?,
@@ -170,7 +169,11 @@ impl PgStore {
     async fn cache_get(&self, table: &str, key: &str) -> Result<Option<CacheEntry>> {
         let col = cache_time_column(table);
         let sql = format!("SELECT value, {col} AS stored_at FROM {table} WHERE key = $1");
-        let Some(row) = sqlx::query(&sql).bind(key).fetch_optional(&self.pool).await? else {
+        let Some(row) = sqlx::query(&sql)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
             return Ok(None);
         };
         let Json(value): Json<serde_json::Value> = row.try_get("value")?;
@@ -524,13 +527,14 @@ impl Store for PgStore {
         let row = sqlx::query(
             "SELECT COUNT(*) AS total, \
                COUNT(*) FILTER (WHERE exploited_in_the_wild) AS exploited, \
-               COUNT(*) FILTER (WHERE modified_at >= $1) AS recent, \
+               COUNT(*) FILTER (WHERE modified_at >= $1 AND modified_at <= $2) AS recent, \
                COUNT(*) FILTER (WHERE llm_processed) AS processed, \
                COUNT(*) FILTER (WHERE NOT llm_processed AND priority = 'high') AS hp_pending, \
                MAX(updated_at) AS last_update \
              FROM vulnerabilities WHERE vuln_status <> 'Rejected'",
         )
         .bind(now - chrono::Duration::hours(24))
+        .bind(now)
         .fetch_one(&self.pool)
         .await?;
         let get = |name: &str| -> Result<u64, sqlx::Error> {
@@ -571,7 +575,9 @@ impl Store for PgStore {
     }
 
     async fn severity_distribution(&self) -> Result<SeverityDistribution> {
-        Ok(crate::models::distribution(severity_counts(&self.pool).await?))
+        Ok(crate::models::distribution(
+            severity_counts(&self.pool).await?,
+        ))
     }
 
     async fn timeline(&self, days: u32, now: DateTime<Utc>) -> Result<Vec<DayCount>> {
@@ -617,8 +623,7 @@ impl Store for PgStore {
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
-        let started =
-            started.ok_or_else(|| StoreError::NotFound(format!("ingestion run {id}")))?;
+        let started = started.ok_or_else(|| StoreError::NotFound(format!("ingestion run {id}")))?;
         let status = if outcome.success {
             RunStatus::Success
         } else {
@@ -799,7 +804,10 @@ async fn severity_counts(pool: &PgPool) -> Result<BTreeMap<String, u64>> {
         .map(|s| (s.as_str().to_string(), 0))
         .collect();
     for r in &rows {
-        map.insert(r.try_get("severity")?, r.try_get::<i64, _>("n")?.max(0) as u64);
+        map.insert(
+            r.try_get("severity")?,
+            r.try_get::<i64, _>("n")?.max(0) as u64,
+        );
     }
     Ok(map)
 }
@@ -846,7 +854,11 @@ async fn write_rows(
         .bind(rows.iter().map(|r| r.cisa_due_date).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.kev_date_added).collect::<Vec<_>>())
         .bind(opt_strs(rows, |r| r.kev_required_action.as_deref()))
-        .bind(rows.iter().map(|r| r.kev_ransomware_use).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.kev_ransomware_use)
+                .collect::<Vec<_>>(),
+        )
         .bind(opt_strs(rows, |r| r.kev_vulnerability_name.as_deref()))
         .bind(rows.iter().map(|r| r.epss_score).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.epss_percentile).collect::<Vec<_>>())

@@ -259,7 +259,9 @@ mod tests {
             "cvss_score".parse::<SortField>().unwrap(),
             SortField::CvssScore
         );
-        let err = "id; DROP TABLE vulnerabilities".parse::<SortField>().unwrap_err();
+        let err = "id; DROP TABLE vulnerabilities"
+            .parse::<SortField>()
+            .unwrap_err();
         let msg = err.to_string();
         for f in SortField::ALL {
             assert!(msg.contains(f.as_str()), "{msg}");

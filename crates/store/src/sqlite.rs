@@ -61,9 +61,8 @@ fn facts_row(row: &SqliteRow) -> Result<FactsRow, sqlx::Error> {
 
 fn run_row(row: &SqliteRow) -> Result<IngestionRun, sqlx::Error> {
     let status: String = row.try_get("status")?;
-    let count = |name: &str| -> Result<u64, sqlx::Error> {
-        Ok(row.try_get::<i64, _>(name)?.max(0) as u64)
-    };
+    let count =
+        |name: &str| -> Result<u64, sqlx::Error> { Ok(row.try_get::<i64, _>(name)?.max(0) as u64) };
     Ok(IngestionRun {
         id: row.try_get("id")?,
         source: row.try_get("source")?,
@@ -94,14 +93,24 @@ impl SqliteStore {
             // NORMAL is durable in WAL mode except on power loss, and much faster.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // A batch upsert touches many index pages: a 64 MiB page cache
+            // keeps them from spilling mid-transaction, and in-memory
+            // statement journals avoid temp-file writes per statement.
+            .pragma("cache_size", "-65536")
+            .pragma("temp_store", "memory")
+            // Checkpoint every ~40 MiB of WAL instead of 4 MiB: hot index
+            // pages are then copied back once per many batches, not per batch.
+            .pragma("wal_autocheckpoint", "10000");
         let connect_err = |reason: String| StoreError::Connect {
             backend: "SQLite",
             url: redact_url(url),
             reason,
         };
         let filename = opts.get_filename().to_path_buf();
-        let in_memory = filename.to_string_lossy().starts_with("file:sqlx-in-memory")
+        let in_memory = filename
+            .to_string_lossy()
+            .starts_with("file:sqlx-in-memory")
             || url.contains("mode=memory");
         if !in_memory {
             if let Some(parent) = filename.parent() {
@@ -117,7 +126,10 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(30));
         if in_memory {
             // An in-memory database lives as long as one connection to it.
-            pool = pool.min_connections(1).idle_timeout(None).max_lifetime(None);
+            pool = pool
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
         }
         let pool = pool
             .connect_with(opts)
@@ -180,8 +192,18 @@ impl SqliteStore {
         Ok(rows.iter().map(facts_row).collect::<Result<_, _>>()?)
     }
 
-    async fn cache_put(&self, table: &str, key: &str, value: &serde_json::Value, now: DateTime<Utc>) -> Result<()> {
-        let col = if table == "stats_cache" { "computed_at" } else { "created_at" };
+    async fn cache_put(
+        &self,
+        table: &str,
+        key: &str,
+        value: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let col = if table == "stats_cache" {
+            "computed_at"
+        } else {
+            "created_at"
+        };
         let sql = format!(
             "INSERT INTO {table} (key, value, {col}) VALUES (?, ?, ?) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value, {col} = excluded.{col}"
@@ -196,9 +218,17 @@ impl SqliteStore {
     }
 
     async fn cache_get(&self, table: &str, key: &str) -> Result<Option<CacheEntry>> {
-        let col = if table == "stats_cache" { "computed_at" } else { "created_at" };
+        let col = if table == "stats_cache" {
+            "computed_at"
+        } else {
+            "created_at"
+        };
         let sql = format!("SELECT value, {col} AS stored_at FROM {table} WHERE key = ?");
-        let Some(row) = sqlx::query(&sql).bind(key).fetch_optional(&self.pool).await? else {
+        let Some(row) = sqlx::query(&sql)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
             return Ok(None);
         };
         let value: String = row.try_get("value")?;
@@ -480,9 +510,8 @@ impl Store for SqliteStore {
         push_filters(&mut count, query);
         let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
 
-        let mut list = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {VULN_COLUMNS} FROM vulnerabilities"
-        ));
+        let mut list =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {VULN_COLUMNS} FROM vulnerabilities"));
         push_filters(&mut list, query);
         let dir = query.order.sql();
         list.push(format_args!(
@@ -509,18 +538,32 @@ impl Store for SqliteStore {
         if prefix.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let pattern = format!("{}%", escape_like(prefix));
-        // LIKE is case-insensitive in SQLite and can use the NOCASE indexes.
+        // CVE ids are stored upper case: a case-sensitive GLOB on the
+        // unique index. Only id characters go into the pattern, so GLOB's
+        // wildcards cannot come from the user.
+        let id_prefix: String = prefix
+            .to_ascii_uppercase()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
+        let id_glob = if id_prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{id_prefix}*")
+        };
+        // Titles: LIKE is case-insensitive and uses the NOCASE title index.
+        let title_like = format!("{}%", escape_like(prefix));
         let rows = sqlx::query(
             "SELECT cve_id, title FROM ( \
                SELECT cve_id, title, 0 AS rank FROM vulnerabilities \
-                 WHERE cve_id LIKE ?1 ESCAPE '\\' AND vuln_status <> 'Rejected' \
+                 WHERE cve_id GLOB ?1 AND vuln_status <> 'Rejected' \
                UNION \
                SELECT cve_id, title, 1 AS rank FROM vulnerabilities \
-                 WHERE title LIKE ?1 ESCAPE '\\' AND vuln_status <> 'Rejected' \
-             ) GROUP BY cve_id ORDER BY MIN(rank), cve_id DESC LIMIT ?2",
+                 WHERE title LIKE ?2 ESCAPE '\\' AND vuln_status <> 'Rejected' \
+             ) GROUP BY cve_id ORDER BY MIN(rank), cve_id DESC LIMIT ?3",
         )
-        .bind(&pattern)
+        .bind(&id_glob)
+        .bind(&title_like)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
@@ -538,13 +581,14 @@ impl Store for SqliteStore {
         let row = sqlx::query(
             "SELECT COUNT(*) AS total, \
                COUNT(*) FILTER (WHERE exploited_in_the_wild) AS exploited, \
-               COUNT(*) FILTER (WHERE modified_at >= ?) AS recent, \
+               COUNT(*) FILTER (WHERE modified_at >= ? AND modified_at <= ?) AS recent, \
                COUNT(*) FILTER (WHERE llm_processed) AS processed, \
                COUNT(*) FILTER (WHERE NOT llm_processed AND priority = 'high') AS hp_pending, \
                MAX(updated_at) AS last_update \
              FROM vulnerabilities WHERE vuln_status <> 'Rejected'",
         )
         .bind(ts(now - chrono::Duration::hours(24)))
+        .bind(ts(now))
         .fetch_one(&self.pool)
         .await?;
         let get = |name: &str| -> Result<u64, sqlx::Error> {
@@ -585,7 +629,9 @@ impl Store for SqliteStore {
     }
 
     async fn severity_distribution(&self) -> Result<SeverityDistribution> {
-        Ok(crate::models::distribution(severity_counts(&self.pool).await?))
+        Ok(crate::models::distribution(
+            severity_counts(&self.pool).await?,
+        ))
     }
 
     async fn timeline(&self, days: u32, now: DateTime<Utc>) -> Result<Vec<DayCount>> {
@@ -632,9 +678,12 @@ impl Store for SqliteStore {
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
-        let started =
-            started.ok_or_else(|| StoreError::NotFound(format!("ingestion run {id}")))?;
-        let status = if outcome.success { RunStatus::Success } else { RunStatus::Failed };
+        let started = started.ok_or_else(|| StoreError::NotFound(format!("ingestion run {id}")))?;
+        let status = if outcome.success {
+            RunStatus::Success
+        } else {
+            RunStatus::Failed
+        };
         sqlx::query(
             "UPDATE ingestion_runs SET status = ?, records_fetched = ?, records_inserted = ?, \
              records_updated = ?, records_failed = ?, completed_at = ?, duration_seconds = ?, \
@@ -808,10 +857,15 @@ async fn severity_counts(pool: &SqlitePool) -> Result<BTreeMap<String, u64>> {
     )
     .fetch_all(pool)
     .await?;
-    let mut map: BTreeMap<String, u64> =
-        Severity::ALL.iter().map(|s| (s.as_str().to_string(), 0)).collect();
+    let mut map: BTreeMap<String, u64> = Severity::ALL
+        .iter()
+        .map(|s| (s.as_str().to_string(), 0))
+        .collect();
     for r in &rows {
-        map.insert(r.try_get("severity")?, r.try_get::<i64, _>("n")?.max(0) as u64);
+        map.insert(
+            r.try_get("severity")?,
+            r.try_get::<i64, _>("n")?.max(0) as u64,
+        );
     }
     Ok(map)
 }
@@ -883,13 +937,18 @@ async fn write_terms(tx: &mut sqlx::Transaction<'_, Sqlite>, rows: &[RowValues])
             r.vendor_terms
                 .iter()
                 .map(move |v| ("vendor", v.as_str(), id))
-                .chain(r.product_terms.iter().map(move |v| ("product", v.as_str(), id)))
+                .chain(
+                    r.product_terms
+                        .iter()
+                        .map(move |v| ("product", v.as_str(), id)),
+                )
                 .chain(r.cwe_terms.iter().map(move |v| ("cwe", v.as_str(), id)))
         })
         .collect();
     for chunk in terms.chunks(TERMS_PER_INSERT) {
-        let mut qb =
-            QueryBuilder::<Sqlite>::new("INSERT OR IGNORE INTO vulnerability_terms (kind, value, cve_id) ");
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT OR IGNORE INTO vulnerability_terms (kind, value, cve_id) ",
+        );
         qb.push_values(chunk, |mut b, (kind, value, id)| {
             b.push_bind(*kind).push_bind(*value).push_bind(*id);
         });

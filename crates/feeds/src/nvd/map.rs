@@ -4,12 +4,13 @@
 //! which CPEs count as affected) are the product's view of a CVE, so they are
 //! spelled out one function each.
 
-use std::collections::HashSet;
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashSet};
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use openthreat_core::{Cve, CveId, Cvss, CvssVersion, KevFacts, Reference, Severity, VulnStatus};
 
-use super::model::{NvdCve, NvdCvssMetric, NvdMetrics};
+use super::model::{NvdCve, NvdCvssMetric, NvdMetrics, NvdReference};
 
 /// Why one record could not be mapped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,8 +23,9 @@ pub struct MapError {
 
 /// Maps one NVD record. Fails only when the record lacks what every CVE
 /// must have (a valid id, a publication date); everything else degrades to
-/// "unknown" rather than losing the CVE.
-pub fn map_cve(nvd: &NvdCve) -> Result<Cve, MapError> {
+/// "unknown" rather than losing the CVE. Takes the record by value so that
+/// texts and references move instead of being copied.
+pub fn map_cve(mut nvd: NvdCve) -> Result<Cve, MapError> {
     let err = |message: String| MapError {
         cve_id: nvd.id.clone(),
         message,
@@ -41,25 +43,20 @@ pub fn map_cve(nvd: &NvdCve) -> Result<Cve, MapError> {
         }
         None => published_at,
     };
-    let description = english_description(nvd);
+    let description = english_description(&mut nvd);
     let cvss_choice = choose_cvss(&nvd.metrics);
     let (cvss, severity) = match cvss_choice {
         Some((cvss, severity)) => (Some(cvss), severity),
         None => (None, Severity::Unknown),
     };
-    let products = affected_products(nvd);
-    let mut vendors: Vec<String> = products.iter().map(|p| p.vendor.clone()).collect();
-    vendors.sort();
-    vendors.dedup();
-    let mut product_names: Vec<String> = products.iter().map(|p| p.product.clone()).collect();
+    // A BTreeSet gives the dedup and the sorted order in one go.
+    let pairs = affected_products(&nvd);
+    let mut vendors: Vec<String> = pairs.iter().map(|(v, _)| v.clone()).collect();
+    vendors.dedup(); // already sorted by vendor
+    let mut product_names: Vec<String> = pairs.iter().map(|(_, p)| p.clone()).collect();
     product_names.sort();
     product_names.dedup();
-    let mut affected: Vec<String> = products
-        .iter()
-        .map(|p| format!("{}:{}", p.vendor, p.product))
-        .collect();
-    affected.sort();
-    affected.dedup();
+    let affected: Vec<String> = pairs.iter().map(|(v, p)| format!("{v}:{p}")).collect();
 
     Ok(Cve {
         title: Cve::title_from_description(&cve_id, &description),
@@ -74,14 +71,14 @@ pub fn map_cve(nvd: &NvdCve) -> Result<Cve, MapError> {
             .as_deref()
             .map(VulnStatus::parse)
             .unwrap_or(VulnStatus::Received),
-        cwe_ids: cwe_ids(nvd),
-        references: references(nvd),
+        cwe_ids: cwe_ids(&nvd),
+        references: references(std::mem::take(&mut nvd.references)),
         affected_products: affected,
         vendors,
         products: product_names,
         sources: vec!["nvd".to_string()],
-        source_tags: source_tags(nvd),
-        kev: nvd_kev_facts(nvd),
+        source_tags: source_tags(&nvd),
+        kev: nvd_kev_facts(&nvd),
         epss: None,
     })
 }
@@ -123,13 +120,23 @@ pub(crate) fn parse_date(s: &str) -> Option<NaiveDate> {
 
 /// The English description, falling back to the first one in any language
 /// (a CVE without English text is rare but should not be blank).
-fn english_description(nvd: &NvdCve) -> String {
-    nvd.descriptions
+fn english_description(nvd: &mut NvdCve) -> String {
+    let i = nvd
+        .descriptions
         .iter()
-        .find(|d| d.lang.eq_ignore_ascii_case("en"))
-        .or_else(|| nvd.descriptions.first())
-        .map(|d| d.value.trim().to_string())
-        .unwrap_or_default()
+        .position(|d| d.lang.eq_ignore_ascii_case("en"))
+        .unwrap_or(0);
+    match nvd.descriptions.get_mut(i) {
+        Some(d) => {
+            let v = std::mem::take(&mut d.value);
+            if v.trim().len() == v.len() {
+                v
+            } else {
+                v.trim().to_string()
+            }
+        }
+        None => String::new(),
+    }
 }
 
 /// Picks the one CVSS score we keep: the newest CVSS version present wins
@@ -208,24 +215,30 @@ fn cwe_ids(nvd: &NvdCve) -> Vec<String> {
 
 /// References without exact duplicates (same URL, source and tags), in
 /// order. The same URL from two sources is kept twice: the source differs.
-fn references(nvd: &NvdCve) -> Vec<Reference> {
-    let mut seen = HashSet::new();
-    let mut out = Vec::with_capacity(nvd.references.len());
-    for r in &nvd.references {
-        let url = r.url.trim();
-        if url.is_empty() {
-            continue;
-        }
-        if !seen.insert((url, r.source.as_deref(), &r.tags)) {
-            continue;
-        }
-        out.push(Reference {
-            url: url.to_string(),
-            source: r.source.clone(),
-            tags: r.tags.clone(),
-        });
-    }
-    out
+fn references(refs: Vec<NvdReference>) -> Vec<Reference> {
+    // First decide what to keep while borrowing, then move: no copies.
+    let keep: Vec<bool> = {
+        let mut seen = HashSet::with_capacity(refs.len());
+        refs.iter()
+            .map(|r| {
+                let url = r.url.trim();
+                !url.is_empty() && seen.insert((url, r.source.as_deref(), r.tags.as_slice()))
+            })
+            .collect()
+    };
+    refs.into_iter()
+        .zip(keep)
+        .filter(|(_, k)| *k)
+        .map(|(r, _)| Reference {
+            url: if r.url.trim().len() == r.url.len() {
+                r.url
+            } else {
+                r.url.trim().to_string()
+            },
+            source: r.source,
+            tags: r.tags,
+        })
+        .collect()
 }
 
 /// All `cveTags[].tags`, deduplicated in order.
@@ -341,25 +354,41 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Products from the CPE criteria marked `vulnerable: true`. Platform CPEs
-/// (`vulnerable: false`, "running on") and negated nodes are not affected
-/// products and are left out.
-fn affected_products(nvd: &NvdCve) -> Vec<CpeName> {
-    let mut out = Vec::new();
-    let mut seen = HashSet::new();
+/// `(vendor, product)` pairs from the CPE criteria marked `vulnerable:
+/// true`, deduplicated and sorted. Platform CPEs (`vulnerable: false`,
+/// "running on") and negated nodes are not affected products and are left out.
+fn affected_products(nvd: &NvdCve) -> Vec<(String, String)> {
+    let mut out = BTreeSet::new();
     for node in nvd.configurations.iter().flat_map(|c| c.nodes.iter()) {
         if node.negate {
             continue;
         }
         for m in node.cpe_match.iter().filter(|m| m.vulnerable) {
-            if let Some(name) = parse_cpe(&m.criteria) {
-                if seen.insert((name.vendor.clone(), name.product.clone())) {
-                    out.push(name);
-                }
+            // Records list hundreds of CPEs, mostly for the same product:
+            // borrow while collecting, allocate once per distinct pair.
+            if let Some(pair) = cpe_vendor_product(&m.criteria) {
+                out.insert(pair);
             }
         }
     }
-    out
+    out.into_iter()
+        .map(|(v, p)| (v.into_owned(), p.into_owned()))
+        .collect()
+}
+
+/// Vendor and product of a CPE 2.3 string without allocating when they hold
+/// no escapes (the common case); other forms go through [`parse_cpe`].
+fn cpe_vendor_product(cpe: &str) -> Option<(Cow<'_, str>, Cow<'_, str>)> {
+    let concrete = |s: &str| !s.is_empty() && s != "*" && s != "-";
+    if let Some(rest) = cpe.strip_prefix("cpe:2.3:") {
+        let mut it = rest.splitn(4, ':');
+        let (_part, vendor, product) = (it.next()?, it.next()?, it.next()?);
+        if !vendor.contains('\\') && !product.contains('\\') {
+            return (concrete(vendor) && concrete(product))
+                .then_some((Cow::Borrowed(vendor), Cow::Borrowed(product)));
+        }
+    }
+    parse_cpe(cpe).map(|c| (Cow::Owned(c.vendor), Cow::Owned(c.product)))
 }
 
 #[cfg(test)]

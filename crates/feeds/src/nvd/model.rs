@@ -29,7 +29,6 @@ pub struct NvdItem {
 #[serde(rename_all = "camelCase")]
 pub struct NvdCve {
     pub id: String,
-    pub source_identifier: Option<String>,
     /// ISO 8601 without offset (UTC), e.g. `2014-04-07T22:55:03.893`.
     pub published: Option<String>,
     pub last_modified: Option<String>,
@@ -57,7 +56,6 @@ pub struct NvdCve {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NvdCveTag {
-    pub source_identifier: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
     pub tags: Vec<String>,
 }
@@ -90,7 +88,6 @@ pub struct NvdMetrics {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NvdCvssMetric {
-    pub source: Option<String>,
     /// `Primary` or `Secondary`.
     #[serde(rename = "type")]
     pub kind: Option<String>,
@@ -112,9 +109,6 @@ pub struct NvdCvssData {
 /// `weaknesses[]`: CWE ids from one source.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct NvdWeakness {
-    pub source: Option<String>,
-    #[serde(rename = "type")]
-    pub kind: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
     pub description: Vec<NvdLangString>,
 }
@@ -122,7 +116,6 @@ pub struct NvdWeakness {
 /// `configurations[]`: applicability statements made of CPE match nodes.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct NvdConfiguration {
-    pub operator: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
     pub nodes: Vec<NvdNode>,
 }
@@ -131,7 +124,6 @@ pub struct NvdConfiguration {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NvdNode {
-    pub operator: Option<String>,
     #[serde(default)]
     pub negate: bool,
     #[serde(default, deserialize_with = "nullable")]

@@ -10,6 +10,11 @@
 //! caller before the next one is read. Nothing holds the whole array, so a
 //! 170 MB yearly feed costs one record (plus a batch) of memory.
 //!
+//! For files, parsing the record text into structs and mapping it runs on
+//! a few worker threads ([`FileOptions::workers`]) while the calling thread
+//! keeps reading; records still reach the caller in document order, on the
+//! calling thread, and at most a few chunks of 64 records are in flight.
+//!
 //! # Failures
 //!
 //! * A record that is valid JSON but cannot be mapped (no id, bad date,
@@ -31,10 +36,12 @@
 //! transaction and commits only on `is_last` (or buffers them).
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
 
 use flate2::read::MultiGzDecoder;
 use openthreat_core::Cve;
@@ -125,9 +132,8 @@ pub fn parse_page(bytes: &[u8], origin: &str) -> Result<ParsedPage, FeedsError> 
         Ok(())
     };
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let summary = run_document(&mut de, origin, &mut collect, || 0)?;
-    de.end()
-        .map_err(|e| FeedsError::json(origin, &e, bytes.len() as u64))?;
+    let summary = run_document(&mut de, origin, &mut collect, || None, 0)?;
+    de.end().map_err(|e| FeedsError::json(origin, &e, None))?;
     Ok(ParsedPage {
         kind: summary.kind,
         envelope: summary.envelope,
@@ -150,9 +156,9 @@ pub fn parse_reader<R: Read>(
         hasher: None,
     };
     let mut de = serde_json::Deserializer::from_reader(BufReader::with_capacity(64 * 1024, tap));
-    let summary = run_document(&mut de, origin, on_record, || counted.get())?;
+    let summary = run_document(&mut de, origin, on_record, || Some(counted.get()), 0)?;
     de.end()
-        .map_err(|e| FeedsError::json(origin, &e, counted.get()))?;
+        .map_err(|e| FeedsError::json(origin, &e, Some(counted.get())))?;
     Ok(summary)
 }
 
@@ -164,6 +170,9 @@ pub struct FileOptions {
     pub verify_meta: bool,
     /// Records per [`RecordBatch`] (default 1000).
     pub batch_size: usize,
+    /// Threads that parse and map records while this one reads; `None`
+    /// picks [`default_workers`], `Some(0)` maps on the reading thread.
+    pub workers: Option<usize>,
 }
 
 impl Default for FileOptions {
@@ -171,14 +180,16 @@ impl Default for FileOptions {
         FileOptions {
             verify_meta: true,
             batch_size: 1000,
+            workers: None,
         }
     }
 }
 
 /// Streams records out of a file: `.json` or gzip (recognised by its magic
 /// bytes, whatever the name), verifying the sibling `.meta` sha256 when
-/// there is one (and `opts.verify_meta`). Each record is handed to
-/// `on_record` as soon as it is read.
+/// there is one (and `opts.verify_meta`). Records are handed to
+/// `on_record` in document order as soon as they are mapped; an `Err`
+/// return means the file failed, whatever was handed over before.
 pub fn parse_file(
     path: &Path,
     opts: &FileOptions,
@@ -204,9 +215,15 @@ pub fn parse_file(
     let summary = {
         let mut de =
             serde_json::Deserializer::from_reader(BufReader::with_capacity(64 * 1024, &mut tap));
-        let summary = run_document(&mut de, &origin, on_record, || counted.get())?;
+        let summary = run_document(
+            &mut de,
+            &origin,
+            on_record,
+            || Some(counted.get()),
+            opts.workers.unwrap_or_else(default_workers),
+        )?;
         de.end()
-            .map_err(|e| FeedsError::json(&origin, &e, counted.get()))?;
+            .map_err(|e| FeedsError::json(&origin, &e, Some(counted.get())))?;
         summary
     };
     if let (Some(meta), Some(meta_path)) = (&meta, meta_path) {
@@ -226,9 +243,9 @@ pub fn parse_file(
     Ok(ParseSummary { meta, ..summary })
 }
 
-/// Streams a file in batches; see the module docs for the contract. The
-/// callback's error stops the parse and is returned as [`FeedsError::Stopped`]
-/// (or as itself, when it is already a `FeedsError`).
+/// Streams a file in batches; see the module docs for the contract. An
+/// error returned by the callback stops the parse and is returned unchanged
+/// ([`FeedsError::Stopped`] is there for callers without an error of their own).
 pub fn parse_file_batches(
     path: &Path,
     opts: &FileOptions,
@@ -348,13 +365,32 @@ impl<R: Read> Read for Tap<'_, R> {
     }
 }
 
+/// Records sent to a mapping worker at a time: large enough to amortise
+/// the channel, small enough to keep memory flat.
+const CHUNK: usize = 64;
+
+/// How many mapping threads `workers: None` means: one per spare core, at
+/// most 8 (beyond that the single reading thread is the bottleneck).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get().saturating_sub(1))
+        .unwrap_or(0)
+        .min(8)
+}
+
 /// Runs the top-level seed and turns serde errors into [`FeedsError`]s,
 /// letting a consumer's own error through unchanged.
+///
+/// With `workers > 0`, records are read (split into raw JSON) on this
+/// thread and parsed + mapped on `workers` scoped threads, then handed to
+/// `on_record` on this thread in document order. Memory stays bounded: at
+/// most a few chunks of [`CHUNK`] records are in flight.
 fn run_document<'de, D>(
     de: D,
     origin: &str,
     on_record: &mut dyn FnMut(RecordResult) -> Result<(), FeedsError>,
-    position: impl Fn() -> u64,
+    position: impl Fn() -> Option<u64>,
+    workers: usize,
 ) -> Result<ParseSummary, FeedsError>
 where
     D: de::Deserializer<'de, Error = serde_json::Error>,
@@ -365,8 +401,56 @@ where
         parsed: 0,
         failed: 0,
         stop: None,
+        pool: None,
     };
-    let result = TopSeed { ctx: &mut ctx }.deserialize(de);
+    let result = if workers == 0 {
+        TopSeed { ctx: &mut ctx }.deserialize(de)
+    } else {
+        std::thread::scope(|scope| {
+            let (job_tx, job_rx) = mpsc::sync_channel::<Job>(workers * 2);
+            let (res_tx, res_rx) = mpsc::channel::<(u64, Vec<RecordResult>)>();
+            let job_rx = Arc::new(Mutex::new(job_rx));
+            for _ in 0..workers {
+                let job_rx = Arc::clone(&job_rx);
+                let res_tx = res_tx.clone();
+                scope.spawn(move || loop {
+                    let job = match job_rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((seq, first, raws)) = job else { return };
+                    let results = raws
+                        .iter()
+                        .enumerate()
+                        .map(|(i, raw)| map_item(raw, first + i))
+                        .collect();
+                    if res_tx.send((seq, results)).is_err() {
+                        return;
+                    }
+                });
+            }
+            drop(res_tx);
+            ctx.pool = Some(Pool {
+                jobs: Some(job_tx),
+                results: res_rx,
+                chunk: Vec::with_capacity(CHUNK),
+                chunk_first: 0,
+                sent: 0,
+                next_emit: 0,
+                pending: BTreeMap::new(),
+            });
+            let result = TopSeed { ctx: &mut ctx }.deserialize(de);
+            if result.is_ok() && ctx.stop.is_none() {
+                if let Err(e) = ctx.finish() {
+                    ctx.stop = Some(e);
+                }
+            }
+            // Dropping the pool closes the job channel: the workers exit
+            // and the scope joins them, also after an error.
+            ctx.pool = None;
+            result
+        })
+    };
     if let Some(stop) = ctx.stop.take() {
         return Err(stop);
     }
@@ -380,6 +464,23 @@ where
     })
 }
 
+/// A chunk of raw records: sequence number, index of the first record.
+type Job = (u64, usize, Vec<Box<RawValue>>);
+
+/// The reading side of the mapping workers.
+struct Pool {
+    jobs: Option<mpsc::SyncSender<Job>>,
+    results: mpsc::Receiver<(u64, Vec<RecordResult>)>,
+    chunk: Vec<Box<RawValue>>,
+    chunk_first: usize,
+    /// Chunks sent so far; the next chunk's sequence number.
+    sent: u64,
+    /// Sequence number of the next chunk to hand to the consumer.
+    next_emit: u64,
+    /// Chunks that came back ahead of their turn.
+    pending: BTreeMap<u64, Vec<RecordResult>>,
+}
+
 /// State shared by the visitors: the consumer and the counters.
 struct Ctx<'c> {
     on_record: &'c mut dyn FnMut(RecordResult) -> Result<(), FeedsError>,
@@ -388,27 +489,32 @@ struct Ctx<'c> {
     failed: usize,
     /// The consumer's error, kept aside so it is not reported as bad JSON.
     stop: Option<FeedsError>,
+    pool: Option<Pool>,
+}
+
+/// Parses and maps one element of `vulnerabilities` (`{"cve": {...}}`).
+fn map_item(raw: &RawValue, index: usize) -> RecordResult {
+    match serde_json::from_str::<NvdItem>(raw.get()) {
+        Ok(item) => map_one(item.cve, index),
+        Err(e) => Err(RecordFailure {
+            cve_id: probe_id(raw.get(), true),
+            index,
+            reason: record_reason(&e),
+        }),
+    }
+}
+
+fn map_one(nvd: NvdCve, index: usize) -> RecordResult {
+    map_cve(nvd).map_err(|e| RecordFailure {
+        cve_id: Some(e.cve_id),
+        index,
+        reason: e.message,
+    })
 }
 
 impl Ctx<'_> {
-    fn emit<E: de::Error>(
-        &mut self,
-        parsed: Result<NvdCve, (Option<String>, String)>,
-    ) -> Result<(), E> {
-        let index = self.index;
-        self.index += 1;
-        let result = match parsed {
-            Ok(nvd) => map_cve(&nvd).map_err(|e| RecordFailure {
-                cve_id: Some(e.cve_id),
-                index,
-                reason: e.message,
-            }),
-            Err((cve_id, reason)) => Err(RecordFailure {
-                cve_id,
-                index,
-                reason,
-            }),
-        };
+    /// Counts a result and hands it to the consumer.
+    fn deliver(&mut self, result: RecordResult) -> Result<(), FeedsError> {
         match &result {
             Ok(_) => self.parsed += 1,
             Err(f) => {
@@ -416,25 +522,144 @@ impl Ctx<'_> {
                 tracing::warn!(record = %f, "skipping NVD record that cannot be mapped");
             }
         }
-        (self.on_record)(result).map_err(|e| {
+        (self.on_record)(result)
+    }
+
+    /// Turns a consumer error into a serde error that ends the parse.
+    fn stopped<E: de::Error>(&mut self, r: Result<(), FeedsError>) -> Result<(), E> {
+        r.map_err(|e| {
             self.stop = Some(e);
             E::custom("stopped by the consumer")
         })
     }
 
-    /// An element of `vulnerabilities`: `{"cve": {...}}` as raw text.
-    fn item<E: de::Error>(&mut self, raw: &RawValue) -> Result<(), E> {
-        let parsed = serde_json::from_str::<NvdItem>(raw.get())
-            .map(|i| i.cve)
-            .map_err(|e| (probe_id(raw.get(), true), record_reason(&e)));
-        self.emit(parsed)
+    /// An element of `vulnerabilities`, as raw text.
+    fn item<E: de::Error>(&mut self, raw: Box<RawValue>) -> Result<(), E> {
+        let index = self.index;
+        self.index += 1;
+        let full = match &mut self.pool {
+            None => {
+                let r = map_item(&raw, index);
+                let r = self.deliver(r);
+                return self.stopped(r);
+            }
+            Some(pool) => {
+                if pool.chunk.is_empty() {
+                    pool.chunk_first = index;
+                }
+                pool.chunk.push(raw);
+                pool.chunk.len() >= CHUNK
+            }
+        };
+        if full {
+            let r = self.send_chunk().and_then(|_| self.drain(false));
+            return self.stopped(r);
+        }
+        Ok(())
     }
 
     /// The object under a top-level `cve` key.
     fn wrapped<E: de::Error>(&mut self, raw: &RawValue) -> Result<(), E> {
-        let parsed = serde_json::from_str::<NvdCve>(raw.get())
-            .map_err(|e| (probe_id(raw.get(), false), record_reason(&e)));
-        self.emit(parsed)
+        let index = self.index;
+        self.index += 1;
+        let r = match serde_json::from_str::<NvdCve>(raw.get()) {
+            Ok(nvd) => map_one(nvd, index),
+            Err(e) => Err(RecordFailure {
+                cve_id: probe_id(raw.get(), false),
+                index,
+                reason: record_reason(&e),
+            }),
+        };
+        let r = self.deliver(r);
+        self.stopped(r)
+    }
+
+    /// A bare cve object, already collected as a JSON value.
+    fn bare<E: de::Error>(&mut self, value: serde_json::Value) -> Result<(), E> {
+        let index = self.index;
+        self.index += 1;
+        let id = value.get("id").map(|v| match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+        let r = match serde_json::from_value::<NvdCve>(value) {
+            Ok(nvd) => map_one(nvd, index),
+            Err(e) => Err(RecordFailure {
+                cve_id: id,
+                index,
+                reason: record_reason(&e),
+            }),
+        };
+        let r = self.deliver(r);
+        self.stopped(r)
+    }
+
+    fn send_chunk(&mut self) -> Result<(), FeedsError> {
+        let Some(pool) = &mut self.pool else {
+            return Ok(());
+        };
+        if pool.chunk.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut pool.chunk, Vec::with_capacity(CHUNK));
+        let Some(jobs) = &pool.jobs else {
+            return Err(FeedsError::Join("mapping workers already stopped".into()));
+        };
+        jobs.send((pool.sent, pool.chunk_first, chunk))
+            .map_err(|_| FeedsError::Join("mapping workers stopped".into()))?;
+        pool.sent += 1;
+        Ok(())
+    }
+
+    /// Hands finished chunks to the consumer in document order; with
+    /// `wait`, blocks until every sent chunk has been handed over.
+    fn drain(&mut self, wait: bool) -> Result<(), FeedsError> {
+        loop {
+            let ready = match &mut self.pool {
+                None => return Ok(()),
+                Some(pool) => {
+                    let next = pool.next_emit;
+                    match pool.pending.remove(&next) {
+                        Some(results) => {
+                            pool.next_emit += 1;
+                            Some(results)
+                        }
+                        None if pool.next_emit == pool.sent => return Ok(()),
+                        None => {
+                            let msg = if wait {
+                                pool.results.recv().ok()
+                            } else {
+                                pool.results.try_recv().ok()
+                            };
+                            match msg {
+                                Some((seq, results)) => {
+                                    pool.pending.insert(seq, results);
+                                }
+                                None if wait => {
+                                    return Err(FeedsError::Join(
+                                        "a mapping worker stopped unexpectedly".into(),
+                                    ))
+                                }
+                                None => return Ok(()),
+                            }
+                            None
+                        }
+                    }
+                }
+            };
+            for r in ready.into_iter().flatten() {
+                self.deliver(r)?;
+            }
+        }
+    }
+
+    /// End of a good document: map what is left and hand everything over.
+    fn finish(&mut self) -> Result<(), FeedsError> {
+        self.send_chunk()?;
+        if let Some(pool) = &mut self.pool {
+            pool.jobs = None;
+        }
+        self.drain(true)
     }
 }
 
@@ -497,6 +722,14 @@ impl<'de> Visitor<'de> for TopSeed<'_, '_> {
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
                 "vulnerabilities" => {
+                    if !saw_envelope && !bare.is_empty() {
+                        // Other keys first and none of NVD's: some other
+                        // catalog with a `vulnerabilities` array (CISA KEV).
+                        let keys: Vec<&str> = bare.keys().take(6).map(String::as_str).collect();
+                        return Err(de::Error::custom(format!(
+                            "not an NVD document: \"vulnerabilities\" without NVD's envelope keys (found {keys:?})"
+                        )));
+                    }
                     saw_envelope = true;
                     map.next_value_seed(VulnsSeed { ctx: self.ctx })?;
                 }
@@ -544,18 +777,15 @@ impl<'de> Visitor<'de> for TopSeed<'_, '_> {
         if saw_wrapper {
             return Ok((DocumentKind::Wrapped, None));
         }
-        if bare.is_empty() {
-            return Err(de::Error::custom(
-                "empty object: neither an NVD response nor a cve record",
-            ));
+        if !bare.contains_key("id") {
+            // Not a record with a bad field but another kind of document
+            // (a KEV catalog, a CVE 5 record, ...): fail the file clearly.
+            let keys: Vec<&str> = bare.keys().take(6).map(String::as_str).collect();
+            return Err(de::Error::custom(format!(
+                "not an NVD document: no \"vulnerabilities\", \"cve\" or \"id\" key (found {keys:?})"
+            )));
         }
-        let value = serde_json::Value::Object(bare);
-        let id = value.get("id").map(|v| match v {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        });
-        let parsed = serde_json::from_value::<NvdCve>(value).map_err(|e| (id, record_reason(&e)));
-        self.ctx.emit(parsed)?;
+        self.ctx.bare(serde_json::Value::Object(bare))?;
         Ok((DocumentKind::Bare, None))
     }
 }
@@ -584,7 +814,7 @@ impl<'de> Visitor<'de> for VulnsSeed<'_, '_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
-            self.ctx.item(&raw)?;
+            self.ctx.item(raw)?;
         }
         Ok(())
     }

@@ -95,3 +95,76 @@ pub fn load_nvd_records(dir: &Path) -> std::io::Result<Vec<FixtureRecord>> {
 pub fn load_all_nvd_fixtures() -> std::io::Result<Vec<FixtureRecord>> {
     load_nvd_records(&fixtures_dir().join("nvd"))
 }
+
+/// Path of the KEV catalog on [`FileServer::with_fixtures`] (CISA's path).
+pub const KEV_PATH: &str = "/sites/default/files/feeds/known_exploited_vulnerabilities.json";
+/// Path of the gzip EPSS file on [`FileServer::with_fixtures`] (the
+/// 2023-03-07 excerpt); `/epss_scores-current.csv` serves the plain one.
+pub const EPSS_PATH: &str = "/epss_scores-current.csv.gz";
+/// Directory of the NVD feeds on [`FileServer::with_fixtures`]: the three
+/// gzip feeds of `shared/data/nvd/feeds/vuls-data-update`, each with a
+/// generated, matching `.meta`.
+pub const FEEDS_PATH: &str = "/feeds/json/cve/2.0/";
+
+impl FileServer {
+    /// A server with the real KEV catalog, EPSS files and NVD feed files
+    /// at the paths above, answering 503 to the first `fail_first` requests.
+    pub async fn with_fixtures(fail_first: u32) -> std::io::Result<Self> {
+        use sha2::Digest;
+        let data = fixtures_dir();
+        let mut files = vec![
+            ServedFile::new(
+                KEV_PATH,
+                std::fs::read(data.join("kev/known_exploited_vulnerabilities.json"))?,
+                "application/json",
+            ),
+            ServedFile::new(
+                EPSS_PATH,
+                std::fs::read(data.join("epss/vuls-data-update/epss_scores-2023-03-07.csv.gz"))?,
+                "application/gzip",
+            ),
+            ServedFile::new(
+                "/epss_scores-current.csv",
+                std::fs::read(data.join("epss/vunnel/example-1.csv"))?,
+                "text/csv",
+            ),
+        ];
+        for name in ["nvdcve-2.0-2002", "nvdcve-2.0-2021", "nvdcve-2.0-modified"] {
+            let gz =
+                std::fs::read(data.join(format!("nvd/feeds/vuls-data-update/{name}.json.gz")))?;
+            let mut plain = Vec::new();
+            std::io::Read::read_to_end(
+                &mut flate2::read::MultiGzDecoder::new(&gz[..]),
+                &mut plain,
+            )?;
+            let meta = crate::nvd::meta::FeedMeta {
+                last_modified_date: Some("2026-01-01T03:00:00-05:00".into()),
+                size: Some(plain.len() as u64),
+                zip_size: None,
+                gz_size: Some(gz.len() as u64),
+                sha256: hex::encode_upper(sha2::Sha256::digest(&plain)),
+            };
+            files.push(ServedFile::new(
+                format!("{FEEDS_PATH}{name}.meta"),
+                meta.render().into_bytes(),
+                "text/plain",
+            ));
+            files.push(ServedFile::new(
+                format!("{FEEDS_PATH}{name}.json.gz"),
+                gz,
+                "application/gzip",
+            ));
+        }
+        FileServer::start(files, fail_first).await
+    }
+}
+
+impl NvdServerConfig {
+    /// A well-behaved server over every record in `shared/data/nvd`.
+    pub fn with_all_fixtures() -> std::io::Result<Self> {
+        Ok(NvdServerConfig {
+            records: load_all_nvd_fixtures()?,
+            ..Default::default()
+        })
+    }
+}

@@ -38,6 +38,9 @@ pub struct NvdServerConfig {
     pub throttle: Option<Throttle>,
     /// Status to answer instead of data, by request number (1-based).
     pub scripted: HashMap<usize, u16>,
+    /// Delay before answering, by request number (1-based), to make a
+    /// client time out.
+    pub delays: HashMap<usize, Duration>,
     /// When set, requests must carry this `apiKey` header (else 404, as NVD
     /// answers an invalid key).
     pub required_api_key: Option<String>,
@@ -74,6 +77,7 @@ struct Inner {
 #[derive(Debug)]
 struct ServerState {
     cfg: NvdServerConfig,
+    counter: std::sync::atomic::AtomicUsize,
     inner: Mutex<Inner>,
 }
 
@@ -91,6 +95,7 @@ impl NvdTestServer {
         records.sort_by(|a, b| (a.last_modified, &a.id).cmp(&(b.last_modified, &b.id)));
         let state = Arc::new(ServerState {
             cfg,
+            counter: Default::default(),
             inner: Mutex::new(Inner {
                 records,
                 accepted: VecDeque::new(),
@@ -123,9 +128,11 @@ impl NvdTestServer {
         Url::parse(&format!("http://{}{}", self.addr, NVD_PATH)).expect("valid test URL")
     }
 
-    /// Every request so far, in order.
+    /// Every answered request so far, in order of arrival.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.lock().log.clone()
+        let mut log = self.lock().log.clone();
+        log.sort_by_key(|r| r.number);
+        log
     }
 
     pub fn request_count(&self) -> usize {
@@ -165,8 +172,14 @@ async fn handle(
         .get("apiKey")
         .and_then(|v| v.to_str().ok())
         .map(String::from);
+    let number = state
+        .counter
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        + 1;
+    if let Some(delay) = state.cfg.delays.get(&number) {
+        tokio::time::sleep(*delay).await;
+    }
     let mut inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
-    let number = inner.log.len() + 1;
     let resp = answer(&state.cfg, &mut inner, number, &query, api_key.as_deref());
     inner.log.push(RecordedRequest {
         number,

@@ -11,11 +11,14 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::Config;
 
+pub(crate) mod beat;
 mod call;
 mod doctor;
 mod ingest;
 mod migrate;
 mod purge;
+mod run;
+mod serve;
 mod worker;
 
 /// OpenThreat: a self-hosted CVE threat-intelligence service.
@@ -39,10 +42,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the whole service in one process: HTTP API, worker and beat, embedded by default.
+    Run(run::Args),
     /// Create or upgrade the database schema (idempotent; creates the SQLite file if needed).
     Migrate(migrate::Args),
     /// Check the database, Redis and the LLM, and say how to fix what is down.
     Doctor(doctor::Args),
+    /// Serve the HTTP API on port 8001 (Swagger UI at /docs).
+    Serve(serve::Args),
+    /// Publish periodic tasks on their schedule; --list shows the timetable.
+    Beat(beat::Args),
     /// Execute tasks from the broker (Ctrl-C or SIGTERM: warm shutdown).
     Worker(worker::Args),
     /// Send a task by name, like `celery call`; --wait prints its result.
@@ -76,6 +85,9 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Migrate(args) => migrate::run(&config, args).await,
             Command::Doctor(args) => doctor::run(&config, args).await,
+            Command::Run(args) => run::run(&config, args).await,
+            Command::Serve(args) => serve::run(&config, args).await,
+            Command::Beat(args) => beat::run(&config, args).await,
             Command::Worker(args) => worker::run(&config, args).await,
             Command::Call(args) => call::run(&config, args).await,
             Command::Purge(args) => purge::run(&config, args).await,

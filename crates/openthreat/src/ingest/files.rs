@@ -252,6 +252,8 @@ impl Ingestor {
             // Already verified by the check.
             verify_meta: false,
             batch_size: self.settings.batch_size.max(1),
+            // The feeds crate's default: parse on every core while we write.
+            workers: None,
         };
         let mut rx = spawn_file_batches(file.to_path_buf(), opts, 2);
         while let Some(next) = rx.recv().await {
@@ -325,7 +327,7 @@ pub fn check_file(path: &Path, verify_meta: bool) -> Result<Option<FeedMeta>, Fe
                 origin,
                 line: e.line(),
                 column: e.column(),
-                byte_offset: tap.read,
+                bytes_read: Some(tap.read),
                 message: e.to_string(),
             });
         }

@@ -14,7 +14,7 @@
 //! every = "30s"                    # or "1s", "5m", "2h", "1d", or seconds as a number
 //! enabled = true                   # optional; false keeps the entry but never fires it
 //! queue = "celery"                 # optional: queue, priority (0-9), expires (seconds)
-//! timezone = "Europe/Paris"        # optional per entry, overrides the top-level one
+//! timezone = "Europe/Paris"        # optional per crontab entry, overrides the top-level one
 //! ```
 //!
 //! The file replaces the default schedule as a whole, so what runs is exactly
@@ -175,6 +175,10 @@ pub fn parse_schedule(source: &str, known_tasks: &[&str]) -> Result<Vec<Entry>, 
                 let parsed = match every.get_ref() {
                     EveryValue::Text(t) => Interval::parse(t),
                     EveryValue::Seconds(s) => Interval::from_secs(*s),
+                    EveryValue::Fraction(f) => Err(super::interval::IntervalError {
+                        value: f.to_string(),
+                        reason: "use a whole number of seconds, or a string such as \"90s\"".into(),
+                    }),
                 };
                 match parsed {
                     Ok(i) => Some(Schedule::Interval(i)),
@@ -185,26 +189,34 @@ pub fn parse_schedule(source: &str, known_tasks: &[&str]) -> Result<Vec<Entry>, 
                 }
             }
         };
-        let priority = body.priority.as_ref().and_then(|p| {
-            let value = *p.get_ref();
-            match u8::try_from(value) {
-                Ok(v) if v <= 9 => Some(v),
-                _ => {
-                    report(p.span(), format!("priority {value} is out of range 0-9"));
-                    None
-                }
+        let priority = body.priority.as_ref().and_then(|p| match p.get_ref() {
+            toml::Value::Integer(v) if (0..=9).contains(v) => u8::try_from(*v).ok(),
+            other => {
+                report(
+                    p.span(),
+                    format!("priority must be a whole number 0-9, not {other}"),
+                );
+                None
             }
         });
         let expires = body.expires.as_ref().and_then(|x| {
-            let value = *x.get_ref();
-            if value.is_finite() && value > 0.0 && value < 1e10 {
-                Some(Duration::from_secs_f64(value))
-            } else {
-                report(
-                    x.span(),
-                    format!("expires must be a positive number of seconds, not {value}"),
-                );
-                None
+            let seconds = match x.get_ref() {
+                toml::Value::Integer(i) => Some(*i as f64),
+                toml::Value::Float(f) => Some(*f),
+                _ => None,
+            };
+            match seconds {
+                Some(v) if v.is_finite() && v > 0.0 && v < 1e10 => Some(Duration::from_secs_f64(v)),
+                _ => {
+                    report(
+                        x.span(),
+                        format!(
+                            "expires must be a positive number of seconds, not {}",
+                            x.get_ref()
+                        ),
+                    );
+                    None
+                }
             }
         });
         let queue = body.queue.as_ref().and_then(|q| {
@@ -268,17 +280,22 @@ struct RawEntry {
     kwargs: Map<String, Value>,
     enabled: Option<bool>,
     queue: Option<Spanned<String>>,
-    priority: Option<Spanned<i64>>,
-    expires: Option<Spanned<f64>>,
+    // Loosely typed so a wrong type is reported with the other problems
+    // and in our words, rather than as serde's first and only error.
+    priority: Option<Spanned<toml::Value>>,
+    expires: Option<Spanned<toml::Value>>,
     timezone: Option<Spanned<String>>,
 }
 
-/// `every = "30s"` or `every = 30` (seconds).
+/// `every = "30s"` or `every = 30` (seconds). `Fraction` exists only to
+/// give `every = 1.5` a clear error instead of serde's "did not match any
+/// variant".
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum EveryValue {
     Text(String),
     Seconds(i64),
+    Fraction(f64),
 }
 
 /// Byte offset → (line, column), both 1-based.

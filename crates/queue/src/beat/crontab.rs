@@ -163,10 +163,6 @@ impl Bits {
     fn values(self) -> impl DoubleEndedIterator<Item = u32> + Clone {
         (0..64u32).filter(move |v| self.0 & (1 << v) != 0)
     }
-
-    fn count(self) -> u32 {
-        self.0.count_ones()
-    }
 }
 
 /// A parsed crontab: which minutes, hours, days and months fire, in which time
@@ -495,10 +491,10 @@ fn parse_field(field: CronField, text: &str) -> Result<Bits, CronError> {
                 (from..=to).collect()
             }
         } else {
-            if step.is_some() {
+            if let Some(s) = step {
+                // Celery rejects `5/15` too; say what to write instead.
                 return Err(err(format!(
-                    "a step needs `*` or a range before it (e.g. `*/{s}` or `{base}-{max}/{s}`)",
-                    s = step.unwrap_or(1)
+                    "a step needs `*` or a range before it (e.g. `*/{s}` or `{base}-{max}/{s}`)"
                 )));
             }
             vec![parse_value(field, base).map_err(&err)?]
@@ -507,9 +503,8 @@ fn parse_field(field: CronField, text: &str) -> Result<Bits, CronError> {
             bits |= 1 << v;
         }
     }
-    let bits = Bits(bits);
-    debug_assert!(bits.count() > 0);
-    Ok(bits)
+    // Never empty: every item adds at least its first value.
+    Ok(Bits(bits))
 }
 
 fn parse_value(field: CronField, word: &str) -> Result<u32, String> {
@@ -544,9 +539,9 @@ fn parse_value(field: CronField, word: &str) -> Result<u32, String> {
     Ok(value)
 }
 
-/// Local wall-clock minute check, used by tests and `list` output.
 impl Crontab {
-    /// Whether `t` (seen on this crontab's wall clock) is a firing minute.
+    /// Whether `t` is a slot: a whole minute whose wall-clock time in this
+    /// crontab's zone matches every field.
     pub fn matches(&self, t: DateTime<Utc>) -> bool {
         let local = t.with_timezone(&self.tz);
         self.date_matches(local.date_naive())

@@ -54,6 +54,9 @@
 //! must match day of month *and* day of week (see [`crontab`]). Time zone is
 //! UTC unless configured.
 
+// Every public item here is API for the binary and the HTTP layer: document it.
+#![warn(missing_docs)]
+
 pub mod clock;
 pub mod config;
 pub mod crontab;
@@ -93,6 +96,10 @@ pub enum BeatError {
     /// Entries name tasks the binary does not define.
     #[error("unknown tasks in the schedule: {}", join_errors(.0))]
     UnknownTasks(Vec<UnknownTask>),
+    /// Two entries share a name, so they would share (and fight over) one
+    /// record in the store.
+    #[error("two schedule entries are named `{0}`; entry names must be unique")]
+    DuplicateEntry(String),
     /// A schedule file could not be read.
     #[error("cannot read {path}: {source}")]
     Io {

@@ -82,7 +82,10 @@ impl Beat {
         }
     }
 
-    /// The same beat under a chosen owner id (e.g. `host:pid`), for logs.
+    /// The same beat under a chosen owner id (e.g. `host:pid:start-time`).
+    /// It must be unique among beats running at once: the store lets an owner
+    /// re-claim its own slot (to survive lost replies), so two live beats
+    /// sharing an id could both fire one slot.
     pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
         self.owner = owner.into();
         self
@@ -121,11 +124,15 @@ impl Beat {
         Ok(out)
     }
 
-    /// Runs until `shutdown` is cancelled. Store errors are logged and
-    /// retried with back-off; they never end the loop. Returns an error only
-    /// if the configuration makes running pointless (none today), so callers
-    /// can treat `Ok` as a clean shutdown.
+    /// Runs until `shutdown` is cancelled. Store and publisher errors are
+    /// logged and retried with back-off; they never end the loop. The only
+    /// error returned is a configuration one found before the first slot (two
+    /// entries with one name), so `Ok` means a clean shutdown.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), BeatError> {
+        let mut names = std::collections::HashSet::new();
+        if let Some(dup) = self.entries.iter().find(|e| !names.insert(e.name.as_str())) {
+            return Err(BeatError::DuplicateEntry(dup.name.clone()));
+        }
         let start = self.clock.now();
         let mut due = Vec::new();
         for (index, entry) in self.entries.iter().enumerate() {

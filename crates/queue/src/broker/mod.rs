@@ -56,8 +56,11 @@ pub trait Broker: Send + Sync + Debug + 'static {
     /// Makes `queues` known (kombu's binding sets), so Python workers can
     /// restore our unacked messages. Idempotent.
     async fn declare(&self, queues: &[String]) -> Result<()>;
-    /// Leases the next message from `queues` (priority 0 first), waiting up to `wait`.
-    async fn fetch(&self, queues: &[String], wait: Duration) -> Result<Option<Delivery>>;
+    /// Leases up to `max` messages from `queues` (priority 0 first), waiting
+    /// up to `wait` for the first one. Empty when nothing arrived in time.
+    ///
+    /// Batches matter for throughput: one round trip can lease many messages.
+    async fn fetch(&self, queues: &[String], max: usize, wait: Duration) -> Result<Vec<Delivery>>;
     /// Done with it: removes it for good.
     async fn ack(&self, delivery: &Delivery) -> Result<()>;
     /// Gives it back at the head of its queue (warm shutdown).

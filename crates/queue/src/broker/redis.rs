@@ -16,6 +16,14 @@
 //! * `openthreat.scheduled` (zset due-time → `[list key, payload]`) and
 //!   `openthreat.dead_letter` (list): ours; Python ignores them.
 //!
+//! # Fetching
+//!
+//! Messages already waiting are leased in batches by one Lua script that pops
+//! them in priority order and writes their `unacked` entries in the same
+//! atomic step. Only when nothing is waiting does the worker block in `BRPOP`
+//! (on its own connection, 1 s timeout, like kombu) and then record the one
+//! message it got, as kombu does.
+//!
 //! # ETA tasks and the visibility timeout (kombu#337)
 //!
 //! Celery keeps an ETA task unacked in the worker's memory until it is due.
@@ -28,6 +36,10 @@
 //! so exactly one copy exists at every moment. Leases of messages being run
 //! are also refreshed (`ZADD XX`) while they run, so a task longer than the
 //! visibility timeout is not restored under a live worker either.
+//!
+//! The price: a deferred message waits in a key only our workers read, so
+//! while no worker of ours runs, it is not released (Python workers keep
+//! handling the ETA messages they receive themselves, the Celery way).
 
 use std::time::Duration;
 
@@ -72,6 +84,40 @@ end
 return #due
 ";
 
+/// Pops up to ARGV[2] messages without blocking, in priority order, and
+/// records each in `unacked` + `unacked_index` in the same atomic step (so,
+/// unlike BRPOP + a separate write, no message can be lost in between).
+/// Returns flat triples `list key, payload, delivery tag` (tag empty when the
+/// payload is not a kombu envelope; such a message is not recorded).
+const POP_MANY_LUA: &str = r"
+local out = {}
+local n = tonumber(ARGV[2])
+for i = 3, #KEYS do
+  while #out < 3 * n do
+    local raw = redis.call('RPOP', KEYS[i])
+    if not raw then break end
+    local ok, msg = pcall(cjson.decode, raw)
+    local tag = ''
+    if ok and type(msg) == 'table' and type(msg.properties) == 'table'
+        and type(msg.properties.delivery_tag) == 'string' then
+      tag = msg.properties.delivery_tag
+      local di = msg.properties.delivery_info
+      if type(di) ~= 'table' then di = {} end
+      local ex = di.exchange
+      local rk = di.routing_key
+      if type(ex) ~= 'string' then ex = '' end
+      if type(rk) ~= 'string' then rk = '' end
+      redis.call('ZADD', KEYS[2], ARGV[1], tag)
+      redis.call('HSET', KEYS[1], tag, '[' .. raw .. ',' .. cjson.encode(ex) .. ',' .. cjson.encode(rk) .. ']')
+    end
+    out[#out + 1] = KEYS[i]
+    out[#out + 1] = raw
+    out[#out + 1] = tag
+  end
+end
+return out
+";
+
 /// Releases the restore mutex only if we still own it.
 const UNLOCK_LUA: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -89,6 +135,7 @@ pub struct RedisBroker {
     prefix: String,
     visibility_timeout: Duration,
     restore: Script,
+    pop_many: Script,
     release_due: Script,
     unlock: Script,
 }
@@ -118,6 +165,7 @@ impl RedisBroker {
             prefix: String::new(),
             visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
             restore: Script::new(RESTORE_LUA),
+            pop_many: Script::new(POP_MANY_LUA),
             release_due: Script::new(RELEASE_DUE_LUA),
             unlock: Script::new(UNLOCK_LUA),
         })
@@ -226,6 +274,15 @@ impl RedisBroker {
         Ok(n == 1)
     }
 
+    /// The queue a (prefixed) list key belongs to.
+    fn queue_of(&self, key: &str) -> String {
+        let list = key.strip_prefix(&self.prefix).unwrap_or(key);
+        match list.rsplit_once(SEP) {
+            Some((q, _)) => q.to_owned(),
+            None => list.to_owned(),
+        }
+    }
+
     async fn blocking_conn(&self) -> Result<MultiplexedConnection> {
         let mut guard = self.blocking.lock().await;
         if let Some(c) = guard.as_ref() {
@@ -275,18 +332,49 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
-    async fn fetch(&self, queues: &[String], wait: Duration) -> Result<Option<Delivery>> {
-        if queues.is_empty() {
+    async fn fetch(&self, queues: &[String], max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        if queues.is_empty() || max == 0 {
             tokio::time::sleep(wait).await;
-            return Ok(None);
+            return Ok(Vec::new());
         }
+        let lists: Vec<String> = PRIORITY_STEPS
+            .iter()
+            .flat_map(|step| {
+                queues
+                    .iter()
+                    .map(move |q| self.key(&Self::list_name(q, *step)))
+            })
+            .collect();
+        // Fast path: whatever is already waiting, leased in one atomic script.
+        let mut inv = self.pop_many.prepare_invoke();
+        inv.key(self.key("unacked")).key(self.key("unacked_index"));
+        for l in &lists {
+            inv.key(l);
+        }
+        inv.arg(Self::now()).arg(max);
+        let mut conn = self.conn.clone();
+        let flat: Vec<String> = inv.invoke_async(&mut conn).await?;
+        if !flat.is_empty() {
+            return Ok(flat
+                .chunks_exact(3)
+                .map(|t| {
+                    let tag = if t[2].is_empty() {
+                        uuid::Uuid::new_v4().to_string()
+                    } else {
+                        t[2].clone()
+                    };
+                    Delivery {
+                        raw: t[1].clone(),
+                        tag,
+                        queue: self.queue_of(&t[0]),
+                        row: None,
+                    }
+                })
+                .collect());
+        }
+        // Nothing waiting: block on BRPOP (kombu's way) for up to `wait`.
         let mut cmd = redis::cmd("BRPOP");
-        for step in PRIORITY_STEPS {
-            for q in queues {
-                cmd.arg(self.key(&Self::list_name(q, step)));
-            }
-        }
-        cmd.arg(wait.as_secs_f64().max(0.01));
+        cmd.arg(&lists).arg(wait.as_secs_f64().max(0.01));
         let mut bconn = self.blocking_conn().await?;
         let popped: Option<(String, String)> = match cmd.query_async(&mut bconn).await {
             Ok(v) => v,
@@ -297,22 +385,18 @@ impl Broker for RedisBroker {
             }
         };
         let Some((key, raw)) = popped else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
-        let list = key.strip_prefix(&self.prefix).unwrap_or(&key);
-        let queue = match list.rsplit_once(SEP) {
-            Some((q, _)) => q.to_owned(),
-            None => list.to_owned(),
-        };
+        let queue = self.queue_of(&key);
         let Some((tag, info, _)) = peek(&raw) else {
             // Not even an envelope: nothing to restore it as; the worker
             // dead-letters it straight away.
-            return Ok(Some(Delivery {
+            return Ok(vec![Delivery {
                 raw,
                 tag: uuid::Uuid::new_v4().to_string(),
                 queue,
                 row: None,
-            }));
+            }]);
         };
         let tag = tag.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let entry = format!(
@@ -332,14 +416,13 @@ impl Broker for RedisBroker {
             .arg(&tag)
             .arg(entry)
             .ignore();
-        let mut conn = self.conn.clone();
         pipe.query_async::<()>(&mut conn).await?;
-        Ok(Some(Delivery {
+        Ok(vec![Delivery {
             raw,
             tag,
             queue,
             row: None,
-        }))
+        }])
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<()> {

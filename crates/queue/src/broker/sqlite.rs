@@ -114,14 +114,15 @@ impl SqliteBroker {
         self
     }
 
-    async fn claim(&self, queues: &[String]) -> Result<Option<Delivery>> {
+    async fn claim(&self, queues: &[String], max: usize) -> Result<Vec<Delivery>> {
         let placeholders = vec!["?"; queues.len()].join(", ");
         let sql = format!(
-            "UPDATE queue_messages SET visible_at = ?, lease_token = ? WHERE id = (
+            "UPDATE queue_messages SET visible_at = ?, lease_token = ? WHERE id IN (
                 SELECT id FROM queue_messages WHERE queue IN ({placeholders}) AND visible_at <= ?
-                ORDER BY priority, id LIMIT 1)
-             RETURNING id, queue, payload"
+                ORDER BY priority, id LIMIT ?)
+             RETURNING id, queue, payload, priority"
         );
+        // One token per batch: acks are by (row id, token), so it stays unique per lease.
         let token = uuid::Uuid::new_v4().to_string();
         let now = now();
         loop {
@@ -131,14 +132,24 @@ impl SqliteBroker {
             for name in queues {
                 q = q.bind(name);
             }
-            match q.bind(now).fetch_optional(&self.pool).await {
-                Ok(row) => {
-                    return Ok(row.map(|r| Delivery {
-                        row: Some(r.get::<i64, _>(0)),
-                        queue: r.get(1),
-                        raw: r.get(2),
-                        tag: token.clone(),
-                    }))
+            match q.bind(now).bind(max as i64).fetch_all(&self.pool).await {
+                Ok(rows) => {
+                    let mut rows: Vec<(i64, i64, Delivery)> = rows
+                        .into_iter()
+                        .map(|r| {
+                            let id: i64 = r.get(0);
+                            let d = Delivery {
+                                row: Some(id),
+                                queue: r.get(1),
+                                raw: r.get(2),
+                                tag: token.clone(),
+                            };
+                            (r.get::<i64, _>(3), id, d)
+                        })
+                        .collect();
+                    // RETURNING has no order: restore the queue's.
+                    rows.sort_by_key(|(pri, id, _)| (*pri, *id));
+                    return Ok(rows.into_iter().map(|(_, _, d)| d).collect());
                 }
                 Err(e) if is_busy(&e) => tokio::time::sleep(Duration::from_millis(5)).await,
                 Err(e) => return Err(e.into()),
@@ -188,18 +199,19 @@ impl Broker for SqliteBroker {
         Ok(())
     }
 
-    async fn fetch(&self, queues: &[String], wait: Duration) -> Result<Option<Delivery>> {
+    async fn fetch(&self, queues: &[String], max: usize, wait: Duration) -> Result<Vec<Delivery>> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut pause = Duration::from_millis(5);
         loop {
-            if !queues.is_empty() {
-                if let Some(d) = self.claim(queues).await? {
-                    return Ok(Some(d));
+            if !queues.is_empty() && max > 0 {
+                let got = self.claim(queues, max).await?;
+                if !got.is_empty() {
+                    return Ok(got);
                 }
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
-                return Ok(None);
+                return Ok(Vec::new());
             }
             tokio::time::sleep(pause.min(deadline - now)).await;
             pause = (pause * 2).min(self.poll_interval);

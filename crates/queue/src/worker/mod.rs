@@ -37,6 +37,9 @@ pub use state::{RequestInfoSnapshot, StateSnapshot, WorkerState};
 /// ETAs closer than this are waited for in memory instead of deferred to the broker.
 const NEAR_ETA: Duration = Duration::from_secs(1);
 
+/// Most messages leased in one fetch.
+const FETCH_BATCH: usize = 64;
+
 /// Configures and builds a [`Worker`].
 #[derive(Debug)]
 pub struct WorkerBuilder<C> {
@@ -52,6 +55,7 @@ pub struct WorkerBuilder<C> {
     lease_refresh_interval: Duration,
     shutdown_timeout: Duration,
     fetch_wait: Duration,
+    track_started: bool,
 }
 
 impl<C: Clone + Send + Sync + 'static> WorkerBuilder<C> {
@@ -67,7 +71,10 @@ impl<C: Clone + Send + Sync + 'static> WorkerBuilder<C> {
         self
     }
 
-    /// Messages held per execution slot (Celery's `worker_prefetch_multiplier`, default 1).
+    /// Messages leased per execution slot (Celery's `worker_prefetch_multiplier`,
+    /// default 4 as there): the extra ones wait as "reserved", which saves a
+    /// broker round trip per task. Use 1 for long tasks so a busy worker does
+    /// not sit on messages an idle one could run.
     pub fn prefetch_multiplier(mut self, n: usize) -> Self {
         self.prefetch_multiplier = n.max(1);
         self
@@ -116,6 +123,13 @@ impl<C: Clone + Send + Sync + 'static> WorkerBuilder<C> {
         self
     }
 
+    /// Store a STARTED state when a task begins (Celery's
+    /// `task_track_started`, default off: it costs a write per task).
+    pub fn track_started(mut self, on: bool) -> Self {
+        self.track_started = on;
+        self
+    }
+
     /// Builds the worker.
     pub fn build(self) -> Worker<C> {
         let hostname = self.hostname.unwrap_or_else(|| {
@@ -149,10 +163,13 @@ impl<C: Clone + Send + Sync + 'static> WorkerBuilder<C> {
                 state,
                 hostname,
                 queues: self.queues,
+                exec: Arc::new(Semaphore::new(self.concurrency)),
+                track_started: self.track_started,
                 stop: CancellationToken::new(),
                 requeue: CancellationToken::new(),
             }),
-            concurrency: self.concurrency * self.prefetch_multiplier,
+            concurrency: self.concurrency,
+            prefetch: self.concurrency * self.prefetch_multiplier,
             restore_interval: self.restore_interval,
             lease_refresh_interval: self.lease_refresh_interval,
             shutdown_timeout: self.shutdown_timeout,
@@ -170,6 +187,10 @@ struct Shared<C> {
     state: Arc<WorkerState>,
     hostname: String,
     queues: Vec<String>,
+    /// Execution slots: at most `concurrency` task bodies run at once, however
+    /// many messages are prefetched.
+    exec: Arc<Semaphore>,
+    track_started: bool,
     /// Stop fetching (warm shutdown began).
     stop: CancellationToken,
     /// Give up on running tasks: abort and requeue them.
@@ -180,6 +201,7 @@ struct Shared<C> {
 pub struct Worker<C> {
     shared: Arc<Shared<C>>,
     concurrency: usize,
+    prefetch: usize,
     restore_interval: Duration,
     lease_refresh_interval: Duration,
     shutdown_timeout: Duration,
@@ -219,13 +241,14 @@ impl<C: Clone + Send + Sync + 'static> Worker<C> {
             concurrency: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(4),
-            prefetch_multiplier: 1,
+            prefetch_multiplier: 4,
             queues: vec!["celery".to_owned()],
             hostname: None,
             restore_interval: Duration::from_secs(10),
             lease_refresh_interval: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
             fetch_wait: Duration::from_secs(1),
+            track_started: false,
         }
     }
 
@@ -251,26 +274,30 @@ impl<C: Clone + Send + Sync + 'static> Worker<C> {
         let fetcher = tokio::spawn(fetch_loop(
             shared.clone(),
             tracker.clone(),
-            self.concurrency,
+            self.prefetch,
             self.fetch_wait,
         ));
 
         shutdown.await;
         tracing::info!("warm shutdown: no new messages; waiting for running tasks");
         shared.stop.cancel();
+        // The grace period counts from the signal, not from when fetching ended.
+        let grace = tokio::spawn({
+            let requeue = shared.requeue.clone();
+            let timeout = self.shutdown_timeout;
+            async move {
+                tokio::time::sleep(timeout).await;
+                tracing::warn!("shutdown timeout: aborting and requeueing running tasks");
+                requeue.cancel();
+            }
+        });
         // The fetch loop finishes its current (≤ 1 s) fetch so no popped message is dropped.
         if let Err(e) = fetcher.await {
             tracing::error!(error = %e, "fetch loop failed");
         }
         tracker.close();
-        if tokio::time::timeout(self.shutdown_timeout, tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("shutdown timeout: aborting and requeueing running tasks");
-            shared.requeue.cancel();
-            tracker.wait().await;
-        }
+        tracker.wait().await;
+        grace.abort();
         housekeeping.abort();
         tracing::info!("worker stopped");
         Ok(())
@@ -286,28 +313,44 @@ async fn fetch_loop<C: Clone + Send + Sync + 'static>(
     let permits = Arc::new(Semaphore::new(slots));
     let mut backoff_pause = Duration::from_millis(100);
     loop {
-        let permit = tokio::select! {
+        let first = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = shared.stop.cancelled() => return,
         };
         if shared.stop.is_cancelled() {
             return;
         }
-        // Never cancelled mid-flight: a dropped BRPOP could lose a popped message.
-        match shared.broker.fetch(&shared.queues, wait).await {
-            Ok(Some(delivery)) => {
-                backoff_pause = Duration::from_millis(100);
-                shared.state.track_delivery(&delivery);
-                let shared = shared.clone();
-                tracker.spawn(async move {
-                    let tag = delivery.tag.clone();
-                    handle(&shared, delivery).await;
-                    shared.state.untrack_delivery(&tag);
-                    drop(permit);
-                });
+        // Lease as many messages as there are free slots, in one round trip.
+        let mut slots_held = vec![first];
+        while slots_held.len() < FETCH_BATCH {
+            match permits.clone().try_acquire_owned() {
+                Ok(p) => slots_held.push(p),
+                Err(_) => break,
             }
-            Ok(None) => {}
+        }
+        // Never cancelled mid-flight: a dropped BRPOP could lose a popped message.
+        match shared
+            .broker
+            .fetch(&shared.queues, slots_held.len(), wait)
+            .await
+        {
+            Ok(deliveries) => {
+                if !deliveries.is_empty() {
+                    backoff_pause = Duration::from_millis(100);
+                }
+                for (delivery, permit) in deliveries.into_iter().zip(slots_held.drain(..)) {
+                    shared.state.track_delivery(&delivery);
+                    let shared = shared.clone();
+                    tracker.spawn(async move {
+                        let tag = delivery.tag.clone();
+                        handle(&shared, delivery).await;
+                        shared.state.untrack_delivery(&tag);
+                        drop(permit);
+                    });
+                }
+            }
             Err(e) => {
+                drop(slots_held);
                 tracing::error!(error = %e, "fetch failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff_pause) => {}
@@ -390,13 +433,17 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
         .headers
         .ignore_result
         .unwrap_or(entry.options.ignore_result);
+    // Returns whether the result is safely stored (or not wanted).
     let store = |meta: TaskMeta| async move {
-        if !ignore_result {
-            log_err(
-                "store result",
-                &meta.task_id.clone(),
-                shared.backend.store(&meta).await,
-            );
+        if ignore_result {
+            return true;
+        }
+        match shared.backend.store(&meta).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(task_id = %meta.task_id, error = %e, "storing the result failed");
+                false
+            }
         }
     };
 
@@ -492,7 +539,22 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
     let hard = secs(msg.headers.timelimit.0).or(entry.options.time_limit);
     let soft = secs(msg.headers.timelimit.1).or(entry.options.soft_time_limit);
 
+    let _slot = tokio::select! {
+        p = shared.exec.clone().acquire_owned() => match p {
+            Ok(p) => p,
+            Err(_) => return,
+        },
+        _ = shared.stop.cancelled() => {
+            // Prefetched but never started: give it back for another worker.
+            log_err("requeue", &id, broker.requeue(&delivery).await);
+            return;
+        }
+    };
     shared.state.start(&id);
+    if shared.track_started {
+        let info = serde_json::json!({"pid": std::process::id(), "hostname": shared.hostname});
+        store(TaskMeta::new(&id, State::Started, info)).await;
+    }
     let cancel = CancellationToken::new();
     let request = Arc::new(RequestInfo {
         id: id.clone(),
@@ -529,7 +591,7 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
     };
     let runtime = started.elapsed();
 
-    match outcome {
+    let stored = match outcome {
         Outcome::Requeue => {
             tracing::warn!(task_id = %id, "requeued at shutdown");
             log_err("requeue", &id, broker.requeue(&delivery).await);
@@ -537,7 +599,7 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
         }
         Outcome::Finished(Ok(Ok(value))) => {
             tracing::info!(task_id = %id, task = %name, ?runtime, "succeeded");
-            store(TaskMeta::new(&id, State::Success, value)).await;
+            store(TaskMeta::new(&id, State::Success, value)).await
         }
         Outcome::Finished(Ok(Err(TaskError::Retry { countdown, failure })))
             if msg.headers.retries < entry.options.max_retries =>
@@ -556,13 +618,15 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
                 tracing::error!(task_id = %id, error = %e, "could not publish retry");
                 return;
             }
+            // The retry message exists now: ack the original whatever the store does.
             store(TaskMeta::failed(&id, State::Retry, &failure, None)).await;
+            true
         }
         Outcome::Finished(Ok(
             Err(TaskError::Retry { failure, .. }) | Err(TaskError::Fail(failure)),
         )) => {
             tracing::error!(task_id = %id, task = %name, exc = %failure.exc_type, reason = %failure.message, "failed");
-            store(TaskMeta::failed(&id, State::Failure, &failure, None)).await;
+            store(TaskMeta::failed(&id, State::Failure, &failure, None)).await
         }
         Outcome::Finished(Err(join)) => {
             let what = match join.try_into_panic() {
@@ -575,7 +639,7 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
             };
             tracing::error!(task_id = %id, task = %name, panic = %what, "task panicked");
             let f = Failure::new("RuntimeError", format!("task panicked: {what}"));
-            store(TaskMeta::failed(&id, State::Failure, &f, None)).await;
+            store(TaskMeta::failed(&id, State::Failure, &f, None)).await
         }
         Outcome::TimeLimit(limit) => {
             tracing::error!(task_id = %id, task = %name, ?limit, "hard time limit exceeded: aborted");
@@ -583,10 +647,17 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
                 "billiard.exceptions.TimeLimitExceeded",
                 format!("TimeLimitExceeded({})", limit.as_secs_f64()),
             );
-            store(TaskMeta::failed(&id, State::Failure, &f, None)).await;
+            store(TaskMeta::failed(&id, State::Failure, &f, None)).await
         }
-    }
+    };
     shared.state.count_processed(&name);
+    if !stored {
+        // Late ack only after the outcome is recorded: leave the message
+        // leased so it is redelivered after the visibility timeout (a stored
+        // SUCCESS is never overwritten, so a rerun is harmless).
+        tracing::warn!(task_id = %id, "not acked: the outcome was not stored");
+        return;
+    }
     log_err("ack", &id, broker.ack(&delivery).await);
 }
 

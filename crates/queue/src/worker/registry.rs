@@ -24,9 +24,12 @@ pub(crate) struct TaskOptions {
     pub ignore_result: bool,
 }
 
+/// Decodes Celery's `args` + `kwargs` into a job, or says why it cannot.
+pub(crate) type Prepare<C> = fn(&[Value], &Map<String, Value>) -> Result<Job<C>, String>;
+
 pub(crate) struct Entry<C> {
     pub options: TaskOptions,
-    pub prepare: fn(&[Value], &Map<String, Value>) -> Result<Job<C>, String>,
+    pub prepare: Prepare<C>,
 }
 
 /// The task types a worker runs.

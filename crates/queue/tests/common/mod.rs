@@ -12,7 +12,9 @@ use openthreat_queue::backend::sqlite::SqliteBackend;
 use openthreat_queue::broker::redis::RedisBroker;
 use openthreat_queue::broker::sqlite::SqliteBroker;
 use openthreat_queue::worker::WorkerBuilder;
-use openthreat_queue::{Broker, Producer, ResultBackend, Task, TaskContext, TaskError, Worker, WorkerState};
+use openthreat_queue::{
+    Broker, Producer, ResultBackend, Task, TaskContext, TaskError, Worker, WorkerState,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -28,7 +30,10 @@ pub async fn redis_available() -> bool {
     let ok = async {
         let c = redis::Client::open(REDIS_URL).ok()?;
         let mut conn = c.get_multiplexed_async_connection().await.ok()?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await.ok()
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .ok()
     };
     match tokio::time::timeout(Duration::from_secs(2), ok).await {
         Ok(Some(_)) => true,
@@ -59,7 +64,10 @@ pub fn python_available() -> bool {
 }
 
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 pub fn python_dir() -> PathBuf {
@@ -89,16 +97,27 @@ impl Env {
         }
         let prefix = format!("{}:", unique("otq"));
         let broker: Arc<dyn Broker> = Arc::new(
-            RedisBroker::connect(REDIS_URL).await.unwrap().with_prefix(&prefix).with_visibility_timeout(VT),
+            RedisBroker::connect(REDIS_URL)
+                .await
+                .unwrap()
+                .with_prefix(&prefix)
+                .with_visibility_timeout(VT),
         );
-        let backend: Arc<dyn ResultBackend> =
-            Arc::new(RedisBackend::connect(REDIS_URL).await.unwrap().with_prefix(&prefix));
+        let backend: Arc<dyn ResultBackend> = Arc::new(
+            RedisBackend::connect(REDIS_URL)
+                .await
+                .unwrap()
+                .with_prefix(&prefix),
+        );
         Some(Env {
             producer: Producer::new(broker.clone(), backend.clone()),
             broker,
             backend,
             queue: unique("q"),
-            url: format!("{REDIS_URL}?global_keyprefix={prefix}&visibility_timeout={}", VT.as_secs_f64()),
+            url: format!(
+                "{REDIS_URL}?global_keyprefix={prefix}&visibility_timeout={}",
+                VT.as_secs_f64()
+            ),
             prefix,
             kind: "redis",
             _dir: None,
@@ -148,6 +167,11 @@ impl Env {
             .register::<Record>()
     }
 
+    /// This env's queue, as the slice broker calls take.
+    pub fn queues(&self) -> Vec<String> {
+        vec![self.queue.clone()]
+    }
+
     pub fn send_opts(&self) -> openthreat_queue::SendOptions {
         openthreat_queue::SendOptions::queue(self.queue.clone())
     }
@@ -159,10 +183,17 @@ impl Env {
         }
         let c = redis::Client::open(REDIS_URL).unwrap();
         let mut conn = c.get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<String> =
-            redis::cmd("KEYS").arg(format!("{}*", self.prefix)).query_async(&mut conn).await.unwrap_or_default();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
         if !keys.is_empty() {
-            let _: () = redis::cmd("DEL").arg(keys).query_async(&mut conn).await.unwrap();
+            let _: () = redis::cmd("DEL")
+                .arg(keys)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
         }
     }
 }
@@ -181,7 +212,11 @@ impl Running {
         let handle = tokio::spawn(worker.run(async move {
             let _ = rx.await;
         }));
-        Running { state, stop: Some(tx), handle }
+        Running {
+            state,
+            stop: Some(tx),
+            handle,
+        }
     }
 
     pub async fn stop(mut self) {
@@ -267,7 +302,11 @@ impl Task for Flaky {
     type Output = u32;
     async fn run(self, ctx: TaskContext<Ctx>) -> Result<u32, TaskError> {
         let n = ctx.app().runs.fetch_add(1, Ordering::SeqCst) + 1;
-        ctx.app().log.lock().unwrap().push(format!("try {} retries={}", n, ctx.request().retries));
+        ctx.app()
+            .log
+            .lock()
+            .unwrap()
+            .push(format!("try {} retries={}", n, ctx.request().retries));
         if n < self.succeed_on {
             return Err(TaskError::retry("not yet"));
         }

@@ -1,0 +1,138 @@
+//! `openthreat run`: the whole service in one process — HTTP API, worker and
+//! beat — on the embedded default when nothing is configured. Ctrl-C or
+//! SIGTERM shuts everything down cleanly.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use openthreat_queue::{Producer, Worker};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{redact_url, Config};
+use crate::doctor::{self, Status};
+use crate::tasks::{self, AppContext};
+use crate::{api, runtime, schedule};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Tasks run at the same time by the embedded worker (default: the number of CPUs).
+    #[arg(short = 'c', long)]
+    concurrency: Option<usize>,
+    /// A TOML schedule file that replaces the default timetable (also OPENTHREAT_SCHEDULE).
+    #[arg(long, value_name = "FILE")]
+    schedule: Option<PathBuf>,
+    /// Do not start the beat (e.g. when another machine runs it).
+    #[arg(long)]
+    without_beat: bool,
+    /// Address of the HTTP API (default: OPENTHREAT_BIND or 127.0.0.1:8001).
+    #[arg(long, value_name = "ADDR")]
+    bind: Option<std::net::SocketAddr>,
+}
+
+pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
+    let path = schedule::schedule_path(args.schedule, config);
+    let (entries, left_out) = schedule::load_entries(path.as_deref())?;
+
+    let store = runtime::open_store(config).await?;
+    let broker = runtime::open_broker(config).await?;
+    let backend = runtime::open_backend(config).await?;
+    let llm = doctor::check_ollama(&config.ollama_host, &config.ollama_model).await;
+
+    // A few clear lines on what this process uses, like the original start script.
+    println!("OpenThreat {}", env!("CARGO_PKG_VERSION"));
+    println!(
+        "  database : {} ({:?})",
+        redact_url(&config.database_url),
+        store.backend()
+    );
+    println!("  broker   : {}", redact_url(&config.broker_url));
+    println!("  results  : {}", redact_url(&config.result_backend_url));
+    let llm_line = match llm.status {
+        Status::Ok => format!("{} — {}", llm.target, llm.detail),
+        _ => format!(
+            "{} — {}{}",
+            llm.target,
+            llm.detail,
+            llm.fix
+                .as_deref()
+                .map(|f| format!(" ({f})"))
+                .unwrap_or_default()
+        ),
+    };
+    println!("  llm      : {llm_line}");
+    let bind = args
+        .bind
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| config.bind.clone());
+    let listener = tokio::net::TcpListener::bind(&bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind} (OPENTHREAT_BIND / --bind)"))?;
+    println!(
+        "  http     : http://{} (Swagger UI at /docs)",
+        listener.local_addr()?
+    );
+    println!(
+        "  beat     : {}",
+        if args.without_beat {
+            "off (--without-beat)".to_string()
+        } else {
+            format!(
+                "{} entries from {}",
+                entries.len(),
+                path.as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "the default schedule".into())
+            )
+        }
+    );
+    crate::cli::beat::report_left_out(&left_out);
+    println!("Press Ctrl-C to stop.");
+
+    let stop = CancellationToken::new();
+    let ctx = AppContext {
+        store: store.clone(),
+        config: Arc::new(config.clone()),
+    };
+    let mut builder = tasks::register_all(Worker::builder(broker.clone(), backend.clone(), ctx));
+    if let Some(n) = args.concurrency {
+        anyhow::ensure!(n > 0, "--concurrency must be at least 1");
+        builder = builder.concurrency(n);
+    }
+    let worker = builder.build();
+    // The API shares the worker's live state, so /tasks/workers/status shows it.
+    let state = api::state_with(
+        config,
+        store,
+        broker.clone(),
+        backend.clone(),
+        entries.clone(),
+        Some(worker.state()),
+    )?;
+    let worker_stop = stop.clone();
+    let worker = tokio::spawn(worker.run(async move { worker_stop.cancelled().await }));
+    let http_stop = stop.clone();
+    let http = tokio::spawn(api::serve(listener, state, async move {
+        http_stop.cancelled().await
+    }));
+    let beat = if args.without_beat {
+        None
+    } else {
+        let beat = schedule::build_beat(config, entries, Producer::new(broker, backend)).await?;
+        let beat_stop = stop.clone();
+        Some(tokio::spawn(async move { beat.run(beat_stop).await }))
+    };
+
+    runtime::shutdown_signal().await;
+    tracing::info!("shutting down: finishing running tasks");
+    stop.cancel();
+    if let Some(beat) = beat {
+        beat.await??;
+    }
+    worker.await??;
+    http.await??;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
