@@ -67,6 +67,14 @@ pub struct Config {
     pub nvd_api_key: Option<Secret>,
     /// Base URL of the NVD CVE API 2.0 (tests and mirrors point it elsewhere).
     pub nvd_api_url: String,
+    /// Base URL of the NVD 2.0 feed files (`nvdcve-2.0-<name>.json.gz` and
+    /// `.meta` live under it); `OPENTHREAT_NVD_FEEDS_URL`, for mirrors and tests.
+    pub nvd_feeds_url: String,
+    /// NVD API quota as `requests/seconds` (`OPENTHREAT_NVD_RATE_LIMIT`, e.g.
+    /// `50/30`); `None` uses NVD's published quota for keyed or anonymous use.
+    pub nvd_rate_limit: Option<(u32, u64)>,
+    /// Records per NVD API page (`OPENTHREAT_NVD_PAGE_SIZE`, 1..=2000, default 2000).
+    pub nvd_page_size: u32,
     pub kev_url: String,
     pub epss_url: String,
     /// API key required by routes that start work or change data.
@@ -75,6 +83,17 @@ pub struct Config {
     pub bind: String,
     /// All raw variables, for crates that read their own (the LLM config).
     pub env: HashMap<String, String>,
+}
+
+/// Where NVD publishes its 2.0 feed files.
+pub const DEFAULT_NVD_FEEDS_URL: &str = "https://nvd.nist.gov/feeds/json/cve/2.0";
+
+/// Parses `REQUESTS/SECONDS` (e.g. `50/30`); both parts positive.
+fn parse_rate_limit(v: &str) -> Option<(u32, u64)> {
+    let (r, s) = v.split_once('/')?;
+    let r: u32 = r.trim().parse().ok()?;
+    let s: u64 = s.trim().trim_end_matches('s').parse().ok()?;
+    (r > 0 && s > 0).then_some((r, s))
 }
 
 /// Default file of the embedded database, relative to the data dir.
@@ -162,6 +181,26 @@ impl Config {
             nvd_api_key: get("NVD_API_KEY").map(Secret::new),
             nvd_api_url: get("OPENTHREAT_NVD_API_URL")
                 .unwrap_or_else(|| "https://services.nvd.nist.gov/rest/json/cves/2.0".into()),
+            nvd_feeds_url: get("OPENTHREAT_NVD_FEEDS_URL")
+                .unwrap_or_else(|| DEFAULT_NVD_FEEDS_URL.into()),
+            nvd_rate_limit: match get("OPENTHREAT_NVD_RATE_LIMIT") {
+                Some(v) => Some(parse_rate_limit(&v).ok_or_else(|| ConfigError::Invalid {
+                    var: "OPENTHREAT_NVD_RATE_LIMIT",
+                    problem: format!("{v:?} is not REQUESTS/SECONDS, e.g. 50/30"),
+                })?),
+                None => None,
+            },
+            nvd_page_size: match get("OPENTHREAT_NVD_PAGE_SIZE") {
+                Some(v) => v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=2000).contains(n))
+                    .ok_or_else(|| ConfigError::Invalid {
+                        var: "OPENTHREAT_NVD_PAGE_SIZE",
+                        problem: format!("{v:?} is not a number from 1 to 2000"),
+                    })?,
+                None => 2000,
+            },
             kev_url: get("OPENTHREAT_KEV_URL").unwrap_or_else(|| {
                 "https://www.cisa.gov/sites/default/files/feeds/known_exploited_vulnerabilities.json"
                     .into()
@@ -193,6 +232,11 @@ impl fmt::Debug for Config {
             .field("ollama_model", &self.ollama_model)
             .field("nvd_api_key", &self.nvd_api_key)
             .field("nvd_api_url", &self.nvd_api_url)
+            .field("nvd_feeds_url", &self.nvd_feeds_url)
+            .field("nvd_rate_limit", &self.nvd_rate_limit)
+            .field("nvd_page_size", &self.nvd_page_size)
+            .field("kev_url", &self.kev_url)
+            .field("epss_url", &self.epss_url)
             .field("api_key", &self.api_key)
             .field("bind", &self.bind)
             .finish_non_exhaustive()
@@ -329,6 +373,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("REDIS_URL"), "{err}");
+    }
+
+    #[test]
+    fn nvd_feed_url_rate_limit_and_page_size() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.nvd_feeds_url, DEFAULT_NVD_FEEDS_URL);
+        assert_eq!(c.nvd_rate_limit, None);
+        assert_eq!(c.nvd_page_size, 2000);
+        let c = cfg(&[
+            ("OPENTHREAT_NVD_FEEDS_URL", "http://127.0.0.1:9/feeds"),
+            ("OPENTHREAT_NVD_RATE_LIMIT", "50/30"),
+            ("OPENTHREAT_NVD_PAGE_SIZE", "100"),
+        ])
+        .unwrap();
+        assert_eq!(c.nvd_feeds_url, "http://127.0.0.1:9/feeds");
+        assert_eq!(c.nvd_rate_limit, Some((50, 30)));
+        assert_eq!(c.nvd_page_size, 100);
+        let err = cfg(&[("OPENTHREAT_NVD_RATE_LIMIT", "fast")]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("OPENTHREAT_NVD_RATE_LIMIT"),
+            "{err}"
+        );
+        let err = cfg(&[("OPENTHREAT_NVD_PAGE_SIZE", "5000")]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("OPENTHREAT_NVD_PAGE_SIZE"),
+            "{err}"
+        );
     }
 
     #[test]

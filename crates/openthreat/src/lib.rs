@@ -8,6 +8,8 @@
 //! * [`config`]: configuration from the environment and `.env`, with secrets redacted.
 //! * [`cli`]: the clap command tree, one file per subcommand.
 //! * [`doctor`]: the health checks behind `openthreat doctor` (and later `/health`).
+//! * [`ingest`]: the ingestion service (NVD API sync, NVD feed files, KEV, EPSS),
+//!   shared by `openthreat ingest` and `update_vulnerabilities_task`.
 //! * [`runtime`]: opening the store, broker and result backend; shutdown signals.
 //! * [`schedule`]: the beat's entries, store and publisher.
 //! * [`tasks`]: the Celery tasks, one per file, and their shared [`tasks::AppContext`].
@@ -17,6 +19,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod doctor;
+pub mod ingest;
 pub mod runtime;
 pub mod schedule;
 pub mod stats;

@@ -14,6 +14,7 @@ use crate::config::Config;
 pub(crate) mod beat;
 mod call;
 mod doctor;
+mod ingest;
 mod migrate;
 mod purge;
 mod run;
@@ -57,6 +58,9 @@ pub enum Command {
     Call(call::Args),
     /// Delete waiting messages from queues (asks first unless --force).
     Purge(purge::Args),
+    /// Import CVEs (NVD API sync, NVD feed files or local files), CISA KEV
+    /// and EPSS into the database, once, with a progress bar and a summary.
+    Ingest(ingest::Args),
 }
 
 /// Entry point of the binary: parse, set up logging, load configuration, run.
@@ -87,6 +91,7 @@ pub fn main() -> ExitCode {
             Command::Worker(args) => worker::run(&config, args).await,
             Command::Call(args) => call::run(&config, args).await,
             Command::Purge(args) => purge::run(&config, args).await,
+            Command::Ingest(args) => ingest::run(&config, args).await,
         }
     });
     match result {

@@ -14,10 +14,12 @@ use crate::config::Config;
 pub mod clean_cache;
 pub mod test_task;
 pub mod update_stats_cache;
+pub mod update_vulnerabilities;
 
 pub use clean_cache::CleanCache;
 pub use test_task::TestTask;
 pub use update_stats_cache::UpdateStatsCache;
+pub use update_vulnerabilities::UpdateVulnerabilities;
 
 /// What every task gets: the store and the configuration.
 #[derive(Debug, Clone)]
@@ -32,10 +34,16 @@ pub fn register_all(builder: WorkerBuilder<AppContext>) -> WorkerBuilder<AppCont
         .register::<TestTask>()
         .register::<UpdateStatsCache>()
         .register::<CleanCache>()
+        .register::<UpdateVulnerabilities>()
 }
 
 /// The names of every task this binary defines (for beat validation and `call`).
 pub fn task_names() -> Vec<&'static str> {
     use openthreat_queue::Task;
-    vec![TestTask::NAME, UpdateStatsCache::NAME, CleanCache::NAME]
+    vec![
+        TestTask::NAME,
+        UpdateStatsCache::NAME,
+        CleanCache::NAME,
+        UpdateVulnerabilities::NAME,
+    ]
 }
