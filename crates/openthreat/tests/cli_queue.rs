@@ -114,6 +114,56 @@ fn round_trip_through_a_worker_process(env: &[(&str, &str)]) {
     let (code, output) = terminate(worker);
     assert_eq!(code, Some(0), "{output}");
     assert!(output.contains("worker stopped"), "{output}");
+
+    // The refused message was set aside where an operator can inspect it,
+    // and a plain purge leaves it there.
+    let queued = openthreat(
+        dir.path(),
+        env,
+        &["call", "backend.tasks.test_task", "--args", "[\"waiting\"]"],
+    );
+    assert!(queued.status.success(), "{}", text(&queued));
+    let shown = openthreat(dir.path(), env, &["queues", "--json"]);
+    assert!(shown.status.success(), "{}", text(&shown));
+    let report: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(report["queues"][0]["queue"], "celery");
+    assert_eq!(report["queues"][0]["waiting"], 1);
+    let dead = report["dead_letters"].as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{report}");
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("bad arguments"),
+        "{report}"
+    );
+    assert!(
+        dead[0]["payload"]
+            .as_str()
+            .unwrap()
+            .contains("backend.tasks.test_task"),
+        "{report}"
+    );
+
+    let purged = openthreat(dir.path(), env, &["purge", "--force"]);
+    assert!(
+        text(&purged).contains("purged 1 message(s) from celery"),
+        "{}",
+        text(&purged)
+    );
+    let shown = openthreat(dir.path(), env, &["queues"]);
+    assert!(
+        text(&shown).contains("0 waiting") && text(&shown).contains("bad arguments"),
+        "{}",
+        text(&shown)
+    );
+    let purged = openthreat(dir.path(), env, &["purge", "--force", "--dead-letters"]);
+    assert!(
+        text(&purged).contains("purged 1 dead letter(s)"),
+        "{}",
+        text(&purged)
+    );
+    assert!(text(&openthreat(dir.path(), env, &["queues"])).contains("no dead letters"));
 }
 
 #[test]

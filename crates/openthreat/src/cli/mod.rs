@@ -17,6 +17,7 @@ mod doctor;
 mod ingest;
 mod migrate;
 mod purge;
+mod queues;
 mod run;
 mod serve;
 mod worker;
@@ -58,6 +59,8 @@ pub enum Command {
     Call(call::Args),
     /// Delete waiting messages from queues (asks first unless --force).
     Purge(purge::Args),
+    /// Show waiting messages per queue and the dead letters with their reasons.
+    Queues(queues::Args),
     /// Import CVEs (NVD API sync, NVD feed files or local files), CISA KEV
     /// and EPSS into the database, once, with a progress bar and a summary.
     Ingest(ingest::Args),
@@ -91,6 +94,7 @@ pub fn main() -> ExitCode {
             Command::Worker(args) => worker::run(&config, args).await,
             Command::Call(args) => call::run(&config, args).await,
             Command::Purge(args) => purge::run(&config, args).await,
+            Command::Queues(args) => queues::run(&config, args).await,
             Command::Ingest(args) => ingest::run(&config, args).await,
         }
     });
