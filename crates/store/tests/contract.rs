@@ -1804,6 +1804,24 @@ async fn llm_failures_park_and_enrichment_resets(s: Arc<dyn Store>) {
     assert_eq!(s.parked_llm(LLM_MAX_ATTEMPTS, 1).await.unwrap().len(), 1);
     assert!(s.parked_llm(4, 10).await.unwrap().is_empty());
 
+    // A parked CVE whose description NVD changes gets fresh attempts at the
+    // new text (the failures were about the old one).
+    let mut changed = fixture("CVE-2024-0158");
+    changed.description = "Dell BIOS contains an improper input validation flaw (updated).".into();
+    changed.modified_at += Duration::days(1);
+    s.upsert_cves(&[changed], now()).await.unwrap();
+    let r = get(&s, "CVE-2024-0158").await;
+    assert_eq!((r.llm_attempts, r.llm_error), (0, None));
+    assert!(
+        cve_ids(&s.claim_llm_batch(&batch(100), now()).await.unwrap())
+            .contains(&"CVE-2024-0158".to_string())
+    );
+    // Re-imported unchanged: the failure history stays.
+    s.upsert_cves(&[fixture("CVE-2024-6387")], now())
+        .await
+        .unwrap();
+    assert_eq!(get(&s, "CVE-2024-6387").await.llm_attempts, 3);
+
     // A success ends the failure history.
     s.save_enrichment(&cve, &enrichment(now())).await.unwrap();
     let r = get(&s, "CVE-2024-6387").await;
@@ -1811,10 +1829,7 @@ async fn llm_failures_park_and_enrichment_resets(s: Arc<dyn Store>) {
     assert_eq!(r.llm_attempts, 0);
     assert_eq!(r.llm_error, None);
     assert_eq!(r.llm_claimed_until, None);
-    assert_eq!(
-        cve_ids(&s.parked_llm(3, 10).await.unwrap()),
-        vec!["CVE-2024-0158"]
-    );
+    assert!(s.parked_llm(3, 10).await.unwrap().is_empty());
     assert!(matches!(
         s.record_llm_failure(&id("CVE-2000-1234"), "x", now()).await,
         Err(StoreError::NotFound(_))
