@@ -289,6 +289,37 @@ fn test_worker_bin() -> std::path::PathBuf {
         .join("test_worker")
 }
 
+/// Whether `bin` was built after the last change to this crate's sources.
+fn example_is_fresh(bin: &std::path::Path) -> bool {
+    fn newest(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+        let mut latest = None;
+        for entry in std::fs::read_dir(dir).ok()? {
+            let path = entry.ok()?.path();
+            let t = if path.is_dir() {
+                newest(&path)
+            } else {
+                std::fs::metadata(&path).and_then(|m| m.modified()).ok()
+            };
+            latest = latest.max(t);
+        }
+        latest
+    }
+    let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
+        return false;
+    };
+    let sources = ["src", "examples"]
+        .iter()
+        .filter_map(|d| newest(&crate_dir.join(d)))
+        .chain(
+            std::fs::metadata(crate_dir.join("Cargo.toml"))
+                .and_then(|m| m.modified())
+                .ok(),
+        )
+        .max();
+    sources.is_some_and(|s| built > s)
+}
+
 async fn spawn_test_worker(
     env: &Env,
     name: &str,
@@ -298,9 +329,15 @@ async fn spawn_test_worker(
 ) {
     let bin = test_worker_bin();
     // `cargo test --test interop` does not build examples (plain `cargo test`
-    // does), and a stale one would test old code: build it, once per run.
+    // does), and a stale one would test old code: build it, once per run,
+    // unless it is newer than every source file of this crate. Skipping a fresh
+    // one matters: `cargo build -p` resolves features differently from a
+    // workspace build and would recompile half the dependency tree in CI.
     static BUILT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let built = *BUILT.get_or_init(|| {
+        if example_is_fresh(&bin) {
+            return true;
+        }
         let target = bin.parent().unwrap().parent().unwrap().parent().unwrap();
         std::process::Command::new(option_env!("CARGO").unwrap_or("cargo"))
             .args([
