@@ -38,10 +38,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let json_bytes = feed_gen::write_feed(&feed, count)?;
     let gz_bytes = std::fs::metadata(&feed)?.len();
     println!(
-        "generated {count} records: {:.0} MB JSON, {:.0} MB gzip, avg {:.1} KB/record, in {:.1} s",
+        "generated {count} records: {:.0} MB JSON, {:.0} MB gzip, avg {:.0} bytes/record, in {:.1} s",
         mb(json_bytes),
         mb(gz_bytes),
-        json_bytes as f64 / count as f64 / 1024.0,
+        json_bytes as f64 / count as f64,
         t.elapsed().as_secs_f64()
     );
     println!(
