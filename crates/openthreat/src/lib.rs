@@ -19,6 +19,8 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod doctor;
+#[cfg(feature = "llm-store")]
+pub mod enrich;
 pub mod ingest;
 pub mod runtime;
 pub mod schedule;
