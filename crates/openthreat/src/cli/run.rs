@@ -38,7 +38,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let store = runtime::open_store(config).await?;
     let broker = runtime::open_broker(config).await?;
     let backend = runtime::open_backend(config).await?;
-    let llm = doctor::check_ollama(&config.ollama_host, &config.ollama_model).await;
+    let llm = doctor::check_llm(config).await;
 
     // A few clear lines on what this process uses, like the original start script.
     println!("OpenThreat {}", env!("CARGO_PKG_VERSION"));
