@@ -207,16 +207,30 @@ pub async fn check_llm(config: &Config) -> Check {
             }
         }
     };
+    // `target` already names provider, model and address; the detail says
+    // only what was found.
     let (status_kind, detail, fix) = match &status.state {
-        HealthState::Ready => (Status::Ok, status.to_string(), None),
-        HealthState::ModelMissing { fix, .. } => (
+        HealthState::Ready => (Status::Ok, "reachable, model present".to_string(), None),
+        HealthState::ModelMissing { available, fix } => (
             Status::Warn,
-            format!("{status} (enrichment is skipped)"),
+            format!(
+                "reachable, but the model is not available (enrichment is skipped){}",
+                if available.is_empty() {
+                    String::new()
+                } else {
+                    format!("; available: {}", available.join(", "))
+                }
+            ),
             Some(fix.clone()),
         ),
-        HealthState::Unreachable { .. } | HealthState::Error { .. } => (
+        HealthState::Unreachable { reason } => (
             Status::Warn,
-            format!("{status}; enrichment is skipped until it is up"),
+            format!("unreachable ({reason}); enrichment is skipped until it is up"),
+            Some(start_fix(&llm)),
+        ),
+        HealthState::Error { reason } => (
+            Status::Warn,
+            format!("answers, but not as the protocol says ({reason}); enrichment is skipped"),
             Some(start_fix(&llm)),
         ),
     };
