@@ -54,7 +54,7 @@ pub enum EnrichError {
     Queue {
         queued: usize,
         total: usize,
-        source: openthreat_queue::Error,
+        source: Box<openthreat_queue::Error>,
     },
 }
 
@@ -338,7 +338,7 @@ pub async fn queue_batch(
                 return Err(EnrichError::Queue {
                     queued: i,
                     total: rows.len(),
-                    source: e,
+                    source: Box::new(e),
                 });
             }
         }
