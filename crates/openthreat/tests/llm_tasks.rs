@@ -292,12 +292,40 @@ async fn batch_task_queues_claimed_cves_high_priority_first_and_worker_enriches_
             .unwrap();
         assert_eq!(out["status"], "success", "{out}");
     }
+    // Bad arguments are a ValueError, not a retry.
+    for (name, kwargs) in [
+        (
+            "tasks.process_llm_queue",
+            serde_json::json!({"batch_size": 0, "priority": "high"}),
+        ),
+        (
+            "tasks.process_llm_queue",
+            serde_json::json!({"batch_size": 5, "priority": "urgent"}),
+        ),
+        (
+            "tasks.process_cve_with_llm",
+            serde_json::json!({"cve_id": "CVE-BAD"}),
+        ),
+    ] {
+        let r = producer
+            .send_task(
+                name,
+                vec![],
+                kwargs.as_object().unwrap().clone(),
+                SendOptions::default(),
+            )
+            .await
+            .unwrap();
+        let err = r.get(Duration::from_secs(30)).await.unwrap_err();
+        assert!(
+            err.to_string().contains("ValueError"),
+            "{name} {kwargs}: {err}"
+        );
+    }
     stop.cancel();
     let _ = handle.await;
     let stats = enrich::stats_json(env.store()).await.unwrap();
     assert_eq!(stats["processed"], 6, "5 + the seeded one: {stats}");
-    // Bad arguments are a ValueError, not a retry.
-    assert!(enrich::parse_priority("urgent").is_err());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -507,4 +535,56 @@ async fn llm_now_end_to_end_through_the_binary() {
     );
     let stats = enrich::stats_json(b.store.as_ref()).await.unwrap();
     assert_eq!(stats["processed"], 5, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn high_priority_cves_jump_ahead_of_a_low_backlog() {
+    let llm = TestLlmServer::start().await;
+    let b = sqlite().await;
+    seed(b.store.as_ref(), &fixture_cves()).await;
+    let env = Env::new(b, &llm.url()).await;
+    let queue = |p| {
+        let claim = enrich::batch_claim(Some(p), 3);
+        let env = &env;
+        async move {
+            match enrich::queue_batch(&env.ctx.store, &env.ctx.enricher, &env.ctx.producer, &claim)
+                .await
+                .unwrap()
+            {
+                BatchOutcome::Queued { cve_ids, .. } => cve_ids,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    // The low backlog is queued first, the high batch after it.
+    let low = queue(openthreat_core::Priority::Low).await;
+    let high = queue(openthreat_core::Priority::High).await;
+    assert!(!low.is_empty() && !high.is_empty(), "{low:?} {high:?}");
+    let got = env
+        .ctx
+        .producer
+        .broker()
+        .fetch(&["celery".to_string()], 20, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let order: Vec<(u8, String)> = got
+        .iter()
+        .map(|d| {
+            let m = openthreat_queue::message::Message::decode(d.raw.as_bytes()).unwrap();
+            (
+                m.priority(),
+                m.kwargs["cve_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let first: Vec<String> = order[..high.len()].iter().map(|(_, c)| c.clone()).collect();
+    assert_eq!(first, high, "high first: {order:?}");
+    assert!(
+        order[..high.len()].iter().all(|(p, _)| *p == 0),
+        "{order:?}"
+    );
+    assert!(
+        order[high.len()..].iter().all(|(p, _)| *p == 6),
+        "{order:?}"
+    );
 }
