@@ -284,7 +284,6 @@ pub async fn claim_batch(
 ) -> Result<Result<Vec<VulnerabilityRow>, String>, EnrichError> {
     let status = enricher.health().await;
     if !status.is_ready() {
-        tracing::warn!("LLM batch skipped: {status}");
         return Ok(Err(format!("LLM not ready: {status}")));
     }
     Ok(Ok(store.claim_llm_batch(claim, micros(Utc::now())).await?))

@@ -64,5 +64,9 @@ pub(crate) async fn run_batch(
             tracing::warn!("LLM batch failed: {e}");
             TaskError::retry(e)
         })?;
+    if let enrich::BatchOutcome::Skipped { reason, .. } = &outcome {
+        // One line per skipped batch, not one per CVE: the CLI prints its own.
+        tracing::warn!("LLM batch skipped: {reason}");
+    }
     serde_json::to_value(outcome).map_err(|e| TaskError::fail("RuntimeError", e.to_string()))
 }
