@@ -50,15 +50,20 @@ mod sqlite;
 
 pub use error::{redact_url, Result, StoreError};
 pub use models::{
-    ApplySummary, Backend, CacheEntry, DayCount, IngestionRun, LlmStats, Page, RunOutcome,
-    RunStatus, SeverityCount, SeverityDistribution, Stats, Suggestion, UpsertSummary, VendorCount,
-    VulnerabilityRow,
+    ApplySummary, Backend, CacheEntry, ClaimOne, DayCount, IngestionRun, LlmClaim, LlmStats, Page,
+    RunOutcome, RunStatus, SeverityCount, SeverityDistribution, Stats, Suggestion, UpsertSummary,
+    VendorCount, VulnerabilityRow,
 };
 pub use postgres::PgStore;
 pub use query::{
     ListQuery, SortField, SortFieldParseError, SortOrder, SortOrderParseError, MAX_PAGE_SIZE,
 };
 pub use sqlite::SqliteStore;
+
+/// Failed LLM attempts after which a CVE is parked: a CVE the model cannot
+/// explain (e.g. its output keeps failing validation) would otherwise be
+/// retried by every scheduled batch for ever, spending model time.
+pub const LLM_MAX_ATTEMPTS: i32 = 3;
 
 /// Opens the database named by `url` and returns it as a [`Store`].
 ///
@@ -235,23 +240,85 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// returns how many were deleted.
     async fn clean_cache(&self, older_than: DateTime<Utc>) -> Result<u64>;
 
-    /// Stores the LLM's text for a CVE and marks it processed.
-    /// [`StoreError::NotFound`] when the CVE is unknown.
+    /// Stores the LLM's text for a CVE and marks it processed. Also clears
+    /// the claim, the last error and the attempt count: a success ends the
+    /// CVE's failure history (if its description changes later, it starts
+    /// again from zero attempts). [`StoreError::NotFound`] when the CVE is
+    /// unknown.
     async fn save_enrichment(&self, cve_id: &CveId, enrichment: &Enrichment) -> Result<()>;
 
-    /// Records a failed LLM attempt (the CVE stays unprocessed).
+    /// Records a failed attempt (the model's output was bad): `llm_attempts`
+    /// + 1, `llm_error` = `error`, claim cleared so the CVE can be retried
+    /// later. Returns the new attempt count, so the caller knows whether the
+    /// CVE is now parked (count >= [`LLM_MAX_ATTEMPTS`]). The CVE stays
+    /// unprocessed. [`StoreError::NotFound`] when the CVE is unknown.
+    ///
+    /// Not for an unreachable LLM: that is no fault of the CVE, use
+    /// [`Store::release_llm_claim`].
     async fn record_llm_failure(
         &self,
         cve_id: &CveId,
         error: &str,
         now: DateTime<Utc>,
-    ) -> Result<()>;
+    ) -> Result<i32>;
 
     /// Unprocessed, non-rejected CVEs for the LLM, highest score first,
-    /// optionally of one priority class.
+    /// optionally of one priority class. A read only: nothing is claimed
+    /// (use [`Store::claim_llm_batch`] to hand work out).
     async fn llm_candidates(
         &self,
         priority: Option<Priority>,
         limit: u32,
     ) -> Result<Vec<VulnerabilityRow>>;
+
+    /// Atomically claims up to `claim.limit` eligible CVEs and returns them,
+    /// highest `priority_score` first (then id), each with
+    /// `llm_claimed_until = now + claim_for` (microseconds).
+    ///
+    /// Eligible: not processed, not Rejected, `llm_attempts <
+    /// max_attempts`, not claimed or claim expired (`<= now`), of the
+    /// priority class if one is given, `created_at >= created_after` if set.
+    /// Two concurrent calls never return the same CVE, so overlapping batch
+    /// tasks or workers never enqueue the same CVE twice; a claim expires so
+    /// that a dead worker's CVEs are picked again.
+    async fn claim_llm_batch(
+        &self,
+        claim: &LlmClaim,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<VulnerabilityRow>>;
+
+    /// Claims one CVE by id until `now + claim_for`.
+    ///
+    /// Succeeds when the CVE is unprocessed, has fewer than `max_attempts`
+    /// failed attempts, and is unclaimed, its claim expired, or its claim
+    /// ends exactly at `expected_claim`: the task that a batch queued passes
+    /// the batch's `llm_claimed_until` there, so it takes over (renews) its
+    /// own claim while a second task for the same CVE is refused. Rejected
+    /// CVEs may be claimed by id (an explicit request). Otherwise the
+    /// variant says why not; an unknown id is [`ClaimOne::NotFound`], not an
+    /// error.
+    async fn claim_llm_one(
+        &self,
+        cve_id: &CveId,
+        expected_claim: Option<DateTime<Utc>>,
+        claim_for: chrono::Duration,
+        max_attempts: i32,
+        now: DateTime<Utc>,
+    ) -> Result<ClaimOne>;
+
+    /// Clears the claim without recording anything: the LLM was unreachable,
+    /// which is no fault of the CVE, so it stays pending with its attempt
+    /// count unchanged and the next batch picks it at once.
+    /// [`StoreError::NotFound`] when the CVE is unknown.
+    async fn release_llm_claim(&self, cve_id: &CveId) -> Result<()>;
+
+    /// LLM progress at `now` (for `tasks.get_llm_stats` and `/llm/stats`),
+    /// with parked meaning [`LLM_MAX_ATTEMPTS`] attempts or more.
+    async fn llm_stats(&self, now: DateTime<Utc>) -> Result<LlmStats>;
+
+    /// Parked CVEs (unprocessed, not Rejected, `llm_attempts >=
+    /// max_attempts`) with their last error, most recently failed first, for
+    /// the CLI: these need a person (a better model, a prompt fix), not
+    /// another retry.
+    async fn parked_llm(&self, max_attempts: i32, limit: u32) -> Result<Vec<VulnerabilityRow>>;
 }

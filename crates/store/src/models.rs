@@ -285,6 +285,10 @@ pub struct Stats {
 }
 
 /// LLM progress, the shape of `tasks.get_llm_stats` and `/llm/stats`.
+///
+/// Rejected CVEs are not counted. `failed`, `parked` and `claimed` are
+/// subsets of `pending` (everything not processed), so operators can tell a
+/// backlog that is merely waiting from one that keeps failing.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LlmStats {
     pub total: u64,
@@ -293,23 +297,134 @@ pub struct LlmStats {
     pub high_priority_pending: u64,
     /// `processed / total * 100`, rounded to two decimals; 0 when empty.
     pub completion_percentage: f64,
+    /// Pending with at least one failed attempt, still retried (attempts
+    /// below [`crate::LLM_MAX_ATTEMPTS`]).
+    pub failed: u64,
+    /// Pending and no longer retried: [`crate::LLM_MAX_ATTEMPTS`] failed
+    /// attempts or more (see [`crate::Store::parked_llm`]).
+    pub parked: u64,
+    /// Pending and claimed by a batch or a worker right now (claim not expired).
+    pub claimed: u64,
+}
+
+/// The raw counts behind [`LlmStats`], as both backends query them.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LlmCounts {
+    pub total: u64,
+    pub processed: u64,
+    pub high_priority_pending: u64,
+    pub failed: u64,
+    pub parked: u64,
+    pub claimed: u64,
 }
 
 impl LlmStats {
-    pub(crate) fn new(total: u64, processed: u64, high_priority_pending: u64) -> Self {
-        let pct = if total == 0 {
+    pub(crate) fn new(c: LlmCounts) -> Self {
+        let pct = if c.total == 0 {
             0.0
         } else {
-            (processed as f64 / total as f64 * 10_000.0).round() / 100.0
+            (c.processed as f64 / c.total as f64 * 10_000.0).round() / 100.0
         };
         LlmStats {
-            total,
-            processed,
-            pending: total.saturating_sub(processed),
-            high_priority_pending,
+            total: c.total,
+            processed: c.processed,
+            pending: c.total.saturating_sub(c.processed),
+            high_priority_pending: c.high_priority_pending,
             completion_percentage: pct,
+            failed: c.failed,
+            parked: c.parked,
+            claimed: c.claimed,
         }
     }
+}
+
+/// What a batch claim ([`crate::Store::claim_llm_batch`]) selects.
+#[derive(Debug, Clone)]
+pub struct LlmClaim {
+    /// One priority class, or `None` for all classes.
+    pub priority: Option<Priority>,
+    pub limit: u32,
+    /// How long the claim holds. A claim is a lease, not a lock: when the
+    /// worker holding it dies, it lapses and the CVE is picked again.
+    pub claim_for: chrono::Duration,
+    /// Only CVEs added (`created_at`) at or after this time, for
+    /// `process_new_cves` (CVEs added in the last hour).
+    pub created_after: Option<DateTime<Utc>>,
+    /// CVEs with this many failed attempts or more are parked, not claimed
+    /// (normally [`crate::LLM_MAX_ATTEMPTS`]).
+    pub max_attempts: i32,
+}
+
+/// The outcome of claiming one CVE by id ([`crate::Store::claim_llm_one`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimOne {
+    /// Claimed: the row as stored, `llm_claimed_until` set to the new claim.
+    Claimed(Box<VulnerabilityRow>),
+    /// Already enriched for its current description: nothing to do.
+    AlreadyProcessed,
+    /// Another batch or worker holds an unexpired claim.
+    ClaimedByOther { until: DateTime<Utc> },
+    /// Failed `max_attempts` times: not retried until someone intervenes.
+    Parked {
+        attempts: i32,
+        error: Option<String>,
+    },
+    /// No such CVE in the store.
+    NotFound,
+}
+
+/// The claim state of one CVE, read under a row lock before claiming it.
+#[derive(Debug, Clone)]
+pub(crate) struct ClaimState {
+    pub processed: bool,
+    pub attempts: i32,
+    pub error: Option<String>,
+    pub claimed_until: Option<DateTime<Utc>>,
+}
+
+/// Decides, independent of the database, whether one CVE may be claimed:
+/// `None` when it may, otherwise the outcome to report. A claim held until
+/// exactly `expected_claim` counts as the caller's own (the batch that
+/// claimed the CVE handed that time to the task), so the task may renew it.
+/// Times are compared at microsecond precision, which both backends store.
+pub(crate) fn claim_refusal(
+    state: &ClaimState,
+    expected_claim: Option<DateTime<Utc>>,
+    max_attempts: i32,
+    now: DateTime<Utc>,
+) -> Option<ClaimOne> {
+    if state.processed {
+        return Some(ClaimOne::AlreadyProcessed);
+    }
+    if state.attempts >= max_attempts {
+        return Some(ClaimOne::Parked {
+            attempts: state.attempts,
+            error: state.error.clone(),
+        });
+    }
+    match state.claimed_until {
+        Some(until) if until > now && Some(micros(until)) != expected_claim.map(micros) => {
+            Some(ClaimOne::ClaimedByOther { until })
+        }
+        _ => None,
+    }
+}
+
+/// `t` truncated to microseconds, the precision both backends keep, so that
+/// a claim time handed out equals the one stored and compares equal later.
+pub(crate) fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    t.trunc_subsecs(6)
+}
+
+/// Sorts claimed rows by priority score (highest first), then id: `UPDATE
+/// ... RETURNING` gives no order guarantee, the caller wants the claim order.
+pub(crate) fn sort_claimed(rows: &mut [VulnerabilityRow]) {
+    rows.sort_by(|a, b| {
+        b.priority_score
+            .total_cmp(&a.priority_score)
+            .then(a.id.cmp(&b.id))
+    });
 }
 
 /// A vendor and how many CVEs name it.

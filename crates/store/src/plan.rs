@@ -102,7 +102,9 @@ pub(crate) const UPSERT_COLUMNS: [&str; 29] = [
 
 /// The `ON CONFLICT ... DO UPDATE` tail shared by both backends (both accept
 /// `excluded.` and the same CASE). LLM columns are deliberately absent so a
-/// re-import keeps them; a changed description only marks them stale. The
+/// re-import keeps them; a changed description only marks them stale, and
+/// resets the failure count and error: they were about the old text, and a
+/// CVE parked for it must get fresh attempts at the new one. The
 /// WHERE is a second guard (after the planner's) that an older record never
 /// overwrites a newer one, even under concurrent writers.
 pub(crate) fn on_conflict_clause() -> String {
@@ -116,7 +118,11 @@ pub(crate) fn on_conflict_clause() -> String {
     sql.push_str(
         "updated_at = excluded.updated_at, \
          llm_processed = CASE WHEN vulnerabilities.description = excluded.description \
-         THEN vulnerabilities.llm_processed ELSE FALSE END \
+         THEN vulnerabilities.llm_processed ELSE FALSE END, \
+         llm_attempts = CASE WHEN vulnerabilities.description = excluded.description \
+         THEN vulnerabilities.llm_attempts ELSE 0 END, \
+         llm_error = CASE WHEN vulnerabilities.description = excluded.description \
+         THEN vulnerabilities.llm_error ELSE NULL END \
          WHERE vulnerabilities.modified_at <= excluded.modified_at",
     );
     sql

@@ -21,16 +21,16 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use crate::error::{redact_url, Result, StoreError};
 use crate::models::{
-    row_from, ApplySummary, Backend, CacheEntry, DayCount, IngestionRun, LlmStats, Page,
-    RunOutcome, RunStatus, Stats, Suggestion, UpsertSummary, VendorCount, VulnerabilityRow,
-    VULN_COLUMNS,
+    claim_refusal, micros, row_from, sort_claimed, ApplySummary, Backend, CacheEntry, ClaimOne,
+    ClaimState, DayCount, IngestionRun, LlmClaim, LlmCounts, LlmStats, Page, RunOutcome, RunStatus,
+    Stats, Suggestion, UpsertSummary, VendorCount, VulnerabilityRow, VULN_COLUMNS,
 };
 use crate::plan::{
     self, check_epss, compute_priority, dedup_by_id, existing_from, facts_from, plan_facts,
     plan_upsert, FactsRow, FactsUpdate, PriorityInputs, RowValues, FACTS_COLUMNS, UPSERT_COLUMNS,
 };
 use crate::query::{escape_like, total_pages, ListQuery};
-use crate::{SeverityDistribution, Store};
+use crate::{SeverityDistribution, Store, LLM_MAX_ATTEMPTS};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -582,8 +582,6 @@ impl Store for SqliteStore {
             "SELECT COUNT(*) AS total, \
                COUNT(*) FILTER (WHERE exploited_in_the_wild) AS exploited, \
                COUNT(*) FILTER (WHERE modified_at >= ? AND modified_at <= ?) AS recent, \
-               COUNT(*) FILTER (WHERE llm_processed) AS processed, \
-               COUNT(*) FILTER (WHERE NOT llm_processed AND priority = 'high') AS hp_pending, \
                MAX(updated_at) AS last_update \
              FROM vulnerabilities WHERE vuln_status <> 'Rejected'",
         )
@@ -604,7 +602,7 @@ impl Store for SqliteStore {
             by_severity,
             recent_updates: get("recent")?,
             last_update: row.try_get("last_update")?,
-            llm: LlmStats::new(total, get("processed")?, get("hp_pending")?),
+            llm: self.llm_stats(now).await?,
         })
     }
 
@@ -780,7 +778,8 @@ impl Store for SqliteStore {
         let done = sqlx::query(
             "UPDATE vulnerabilities SET simple_title = ?, simple_description = ?, \
              recommended_action = ?, llm_model = ?, llm_processed_at = ?, llm_input_hash = ?, \
-             llm_processed = 1, llm_error = NULL, llm_claimed_until = NULL WHERE cve_id = ?",
+             llm_processed = 1, llm_error = NULL, llm_claimed_until = NULL, llm_attempts = 0, \
+             llm_failed_at = NULL WHERE cve_id = ?",
         )
         .bind(&e.simple_title)
         .bind(&e.simple_description)
@@ -801,20 +800,18 @@ impl Store for SqliteStore {
         &self,
         cve_id: &CveId,
         error: &str,
-        _now: DateTime<Utc>,
-    ) -> Result<()> {
-        let done = sqlx::query(
+        now: DateTime<Utc>,
+    ) -> Result<i32> {
+        let attempts: Option<i32> = sqlx::query_scalar(
             "UPDATE vulnerabilities SET llm_error = ?, llm_attempts = llm_attempts + 1, \
-             llm_claimed_until = NULL WHERE cve_id = ?",
+             llm_claimed_until = NULL, llm_failed_at = ? WHERE cve_id = ? RETURNING llm_attempts",
         )
         .bind(error)
+        .bind(ts(now))
         .bind(cve_id.as_str())
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(cve_id.to_string()));
-        }
-        Ok(())
+        attempts.ok_or_else(|| StoreError::NotFound(cve_id.to_string()))
     }
 
     async fn llm_candidates(
@@ -832,6 +829,140 @@ impl Store for SqliteStore {
         qb.push(" ORDER BY priority_score DESC, id DESC LIMIT ")
             .push_bind(i64::from(limit));
         let rows = qb.build().fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(vuln_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn claim_llm_batch(
+        &self,
+        claim: &LlmClaim,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<VulnerabilityRow>> {
+        if claim.limit == 0 {
+            return Ok(Vec::new());
+        }
+        // One UPDATE selecting and claiming together; BEGIN IMMEDIATE takes
+        // the write lock before the SELECT runs, so a concurrent claim waits
+        // and then sees these rows as claimed.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut qb = QueryBuilder::<Sqlite>::new("UPDATE vulnerabilities SET llm_claimed_until = ");
+        qb.push_bind(ts(micros(now + claim.claim_for)));
+        // `llm_processed = 0` literally: it selects the partial index.
+        qb.push(
+            " WHERE id IN (SELECT id FROM vulnerabilities \
+             WHERE llm_processed = 0 AND vuln_status <> 'Rejected' AND llm_attempts < ",
+        )
+        .push_bind(claim.max_attempts)
+        .push(" AND (llm_claimed_until IS NULL OR llm_claimed_until <= ")
+        .push_bind(ts(now))
+        .push(")");
+        if let Some(p) = claim.priority {
+            qb.push(" AND priority = ").push_bind(p.as_str());
+        }
+        if let Some(after) = claim.created_after {
+            qb.push(" AND created_at >= ").push_bind(ts(after));
+        }
+        qb.push(" ORDER BY priority_score DESC, id LIMIT ")
+            .push_bind(i64::from(claim.limit))
+            .push(format!(") RETURNING {VULN_COLUMNS}"));
+        let rows = qb.build().fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        let mut rows: Vec<VulnerabilityRow> =
+            rows.iter().map(vuln_row).collect::<Result<_, _>>()?;
+        sort_claimed(&mut rows);
+        Ok(rows)
+    }
+
+    async fn claim_llm_one(
+        &self,
+        cve_id: &CveId,
+        expected_claim: Option<DateTime<Utc>>,
+        claim_for: chrono::Duration,
+        max_attempts: i32,
+        now: DateTime<Utc>,
+    ) -> Result<ClaimOne> {
+        // Read and decide under the write lock, so nobody claims in between.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query(
+            "SELECT llm_processed, llm_attempts, llm_error, llm_claimed_until \
+             FROM vulnerabilities WHERE cve_id = ?",
+        )
+        .bind(cve_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(ClaimOne::NotFound);
+        };
+        let state = ClaimState {
+            processed: row.try_get("llm_processed")?,
+            attempts: row.try_get("llm_attempts")?,
+            error: row.try_get("llm_error")?,
+            claimed_until: row.try_get("llm_claimed_until")?,
+        };
+        if let Some(refusal) = claim_refusal(&state, expected_claim, max_attempts, now) {
+            return Ok(refusal);
+        }
+        let row = sqlx::query(&format!(
+            "UPDATE vulnerabilities SET llm_claimed_until = ? WHERE cve_id = ? \
+             RETURNING {VULN_COLUMNS}"
+        ))
+        .bind(ts(micros(now + claim_for)))
+        .bind(cve_id.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ClaimOne::Claimed(Box::new(vuln_row(&row)?)))
+    }
+
+    async fn release_llm_claim(&self, cve_id: &CveId) -> Result<()> {
+        let done =
+            sqlx::query("UPDATE vulnerabilities SET llm_claimed_until = NULL WHERE cve_id = ?")
+                .bind(cve_id.as_str())
+                .execute(&self.pool)
+                .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(cve_id.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn llm_stats(&self, now: DateTime<Utc>) -> Result<LlmStats> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS total, \
+               COUNT(*) FILTER (WHERE llm_processed) AS processed, \
+               COUNT(*) FILTER (WHERE NOT llm_processed AND priority = 'high') AS hp_pending, \
+               COUNT(*) FILTER (WHERE NOT llm_processed AND llm_attempts > 0 \
+                                AND llm_attempts < ?1) AS failed, \
+               COUNT(*) FILTER (WHERE NOT llm_processed AND llm_attempts >= ?1) AS parked, \
+               COUNT(*) FILTER (WHERE NOT llm_processed AND llm_claimed_until > ?2) AS claimed \
+             FROM vulnerabilities WHERE vuln_status <> 'Rejected'",
+        )
+        .bind(LLM_MAX_ATTEMPTS)
+        .bind(ts(now))
+        .fetch_one(&self.pool)
+        .await?;
+        let get = |name: &str| -> Result<u64, sqlx::Error> {
+            Ok(row.try_get::<i64, _>(name)?.max(0) as u64)
+        };
+        Ok(LlmStats::new(LlmCounts {
+            total: get("total")?,
+            processed: get("processed")?,
+            high_priority_pending: get("hp_pending")?,
+            failed: get("failed")?,
+            parked: get("parked")?,
+            claimed: get("claimed")?,
+        }))
+    }
+
+    async fn parked_llm(&self, max_attempts: i32, limit: u32) -> Result<Vec<VulnerabilityRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {VULN_COLUMNS} FROM vulnerabilities \
+             WHERE llm_processed = 0 AND vuln_status <> 'Rejected' AND llm_attempts >= ? \
+             ORDER BY llm_failed_at DESC NULLS LAST, id DESC LIMIT ?"
+        ))
+        .bind(max_attempts)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.iter().map(vuln_row).collect::<Result<_, _>>()?)
     }
 }

@@ -18,7 +18,8 @@ use openthreat_core::{
     Priority, Reference, Severity, VulnStatus,
 };
 use openthreat_store::{
-    ListQuery, RunOutcome, RunStatus, SortField, SortOrder, Store, StoreError, VulnerabilityRow,
+    ClaimOne, ListQuery, LlmClaim, RunOutcome, RunStatus, SortField, SortOrder, Store, StoreError,
+    VulnerabilityRow, LLM_MAX_ATTEMPTS,
 };
 
 mod harness {
@@ -179,6 +180,13 @@ contract_tests!(
     sql_injection_in_filters_changes_nothing,
     suggestions_by_id_and_title,
     llm_bookkeeping,
+    concurrent_llm_batch_claims_never_overlap,
+    llm_batch_claim_order_and_exclusions,
+    llm_claim_expires_and_can_be_released,
+    llm_batch_claim_created_after,
+    llm_claim_one_outcomes,
+    llm_failures_park_and_enrichment_resets,
+    llm_stats_numbers,
 );
 
 // ---------------------------------------------------------------- fixtures
@@ -1397,6 +1405,492 @@ async fn llm_bookkeeping(s: Arc<dyn Store>) {
         s.save_enrichment(&id("CVE-2000-1234"), &e).await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+// ------------------------------------------------------ LLM claims
+
+/// A batch claim of every class, `limit` rows, 10 minutes, 3 attempts.
+fn batch(limit: u32) -> LlmClaim {
+    LlmClaim {
+        priority: None,
+        limit,
+        claim_for: Duration::minutes(10),
+        created_after: None,
+        max_attempts: LLM_MAX_ATTEMPTS,
+    }
+}
+
+fn cve_ids(rows: &[VulnerabilityRow]) -> Vec<String> {
+    rows.iter().map(|r| r.cve_id.clone()).collect()
+}
+
+/// The claim order: priority score descending, then id ascending.
+fn assert_claim_order(rows: &[VulnerabilityRow]) {
+    assert!(
+        rows.windows(2)
+            .all(|w| w[0].priority_score > w[1].priority_score
+                || (w[0].priority_score == w[1].priority_score && w[0].id < w[1].id)),
+        "claim order: {:?}",
+        rows.iter()
+            .map(|r| (&r.cve_id, r.priority_score, r.id))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// `n` plain CVEs (CVE-2030-10000...), all of the same low priority.
+fn synthetic(n: usize) -> Vec<Cve> {
+    (0..n)
+        .map(|i| {
+            let mut c = Cve::new(
+                id(&format!("CVE-2030-{}", 10_000 + i)),
+                format!("Synthetic flaw number {i} in a widget."),
+                at("2025-02-01T00:00:00.000"),
+            );
+            c.sources = vec!["nvd".into()];
+            c
+        })
+        .collect()
+}
+
+async fn concurrent_llm_batch_claims_never_overlap(s: Arc<dyn Store>) {
+    seed(&s).await;
+    s.upsert_cves(&synthetic(200), now()).await.unwrap();
+    // 208 eligible (the Rejected one is not); four claimers asking for 60
+    // each at the same moment must share them out without any overlap.
+    let claim =
+        |s: Arc<dyn Store>| tokio::spawn(async move { s.claim_llm_batch(&batch(60), now()).await });
+    let (a, b, c, d) = tokio::join!(
+        claim(s.clone()),
+        claim(s.clone()),
+        claim(s.clone()),
+        claim(s.clone())
+    );
+    let lists: Vec<Vec<VulnerabilityRow>> = [a, b, c, d]
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for list in &lists {
+        assert!(list.len() <= 60);
+        assert_claim_order(list);
+        for r in list {
+            assert!(seen.insert(r.cve_id.clone()), "{} claimed twice", r.cve_id);
+        }
+    }
+    assert_eq!(seen.len(), 208, "every eligible CVE claimed exactly once");
+    assert!(!seen.contains("CVE-2023-5129"), "Rejected never claimed");
+    assert!(s
+        .claim_llm_batch(&batch(60), now())
+        .await
+        .unwrap()
+        .is_empty());
+
+    // The same with two claimers through tokio::join! on one task.
+    let later = now() + Duration::hours(1);
+    let big = batch(150);
+    let (x, y) = tokio::join!(
+        s.claim_llm_batch(&big, later),
+        s.claim_llm_batch(&big, later)
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    let mut all: Vec<String> = cve_ids(&x);
+    all.extend(cve_ids(&y));
+    let unique: std::collections::BTreeSet<_> = all.iter().cloned().collect();
+    assert_eq!(all.len(), 208);
+    assert_eq!(unique.len(), 208);
+}
+
+async fn llm_batch_claim_order_and_exclusions(s: Arc<dyn Store>) {
+    seed(&s).await;
+    // Processed, parked and claimed CVEs are not eligible.
+    s.save_enrichment(&id("CVE-2024-3400"), &enrichment(now()))
+        .await
+        .unwrap();
+    for _ in 0..LLM_MAX_ATTEMPTS {
+        s.record_llm_failure(&id("CVE-2014-0160"), "bad output", now())
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        s.claim_llm_one(&id("CVE-2019-0708"), None, Duration::minutes(10), 3, now())
+            .await
+            .unwrap(),
+        ClaimOne::Claimed(_)
+    ));
+    // One failure is not parking: still eligible.
+    s.record_llm_failure(&id("CVE-2024-6387"), "bad output", now())
+        .await
+        .unwrap();
+
+    let rows = s.claim_llm_batch(&batch(100), now()).await.unwrap();
+    let got = cve_ids(&rows);
+    assert_claim_order(&rows);
+    let mut expected: Vec<VulnerabilityRow> = s
+        .llm_candidates(None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| !["CVE-2014-0160", "CVE-2019-0708"].contains(&r.cve_id.as_str()))
+        .collect();
+    expected.sort_by(|a, b| {
+        b.priority_score
+            .total_cmp(&a.priority_score)
+            .then(a.id.cmp(&b.id))
+    });
+    assert_eq!(got, cve_ids(&expected));
+    assert_eq!(got.len(), 5, "{got:?}");
+    for excluded in [
+        "CVE-2024-3400",
+        "CVE-2014-0160",
+        "CVE-2019-0708",
+        "CVE-2023-5129",
+    ] {
+        assert!(!got.iter().any(|g| g == excluded), "{excluded} claimed");
+    }
+    let until = micros(now() + Duration::minutes(10));
+    assert!(rows.iter().all(|r| r.llm_claimed_until == Some(until)));
+    for r in &rows {
+        assert_eq!(get(&s, &r.cve_id).await.llm_claimed_until, Some(until));
+    }
+
+    // A class filter, and the limit.
+    let later = now() + Duration::hours(1);
+    let high = s
+        .claim_llm_batch(
+            &LlmClaim {
+                priority: Some(Priority::High),
+                ..batch(100)
+            },
+            later,
+        )
+        .await
+        .unwrap();
+    assert!(!high.is_empty());
+    assert!(high.iter().all(|r| r.priority == Priority::High));
+    let one = s.claim_llm_batch(&batch(1), later).await.unwrap();
+    assert_eq!(one.len(), 1);
+    assert_ne!(one[0].priority, Priority::High, "high ones are claimed");
+    assert!(s
+        .claim_llm_batch(&batch(0), later)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// Both backends keep microseconds.
+fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    t.trunc_subsecs(6)
+}
+
+async fn llm_claim_expires_and_can_be_released(s: Arc<dyn Store>) {
+    seed(&s).await;
+    let first = s.claim_llm_batch(&batch(100), now()).await.unwrap();
+    assert_eq!(first.len(), 8);
+    // Still held five minutes later...
+    let t5 = now() + Duration::minutes(5);
+    assert!(s.claim_llm_batch(&batch(100), t5).await.unwrap().is_empty());
+    // ...but a dead worker's claim lapses: claimable again after expiry
+    // (at exactly the expiry time too).
+    let t10 = now() + Duration::minutes(10);
+    let again = s.claim_llm_batch(&batch(100), t10).await.unwrap();
+    assert_eq!(cve_ids(&again), cve_ids(&first));
+
+    // Released (LLM unreachable): pending at once, no attempt recorded.
+    s.release_llm_claim(&id("CVE-2024-3400")).await.unwrap();
+    let r = get(&s, "CVE-2024-3400").await;
+    assert_eq!(r.llm_claimed_until, None);
+    assert_eq!(r.llm_attempts, 0);
+    assert_eq!(r.llm_error, None);
+    let t11 = now() + Duration::minutes(11);
+    assert_eq!(
+        cve_ids(&s.claim_llm_batch(&batch(100), t11).await.unwrap()),
+        vec!["CVE-2024-3400".to_string()]
+    );
+    assert!(matches!(
+        s.release_llm_claim(&id("CVE-2000-1234")).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn llm_batch_claim_created_after(s: Arc<dyn Store>) {
+    seed(&s).await; // created at now()
+    let added = now() + Duration::hours(2);
+    s.upsert_cves(&synthetic(3), added).await.unwrap();
+    let new_only = LlmClaim {
+        created_after: Some(added - Duration::hours(1)),
+        ..batch(100)
+    };
+    let rows = s.claim_llm_batch(&new_only, added).await.unwrap();
+    assert_eq!(
+        cve_ids(&rows),
+        vec!["CVE-2030-10000", "CVE-2030-10001", "CVE-2030-10002"],
+        "only CVEs added in the last hour, same score so by id"
+    );
+    // Bound inclusive: created exactly at created_after counts.
+    let rest = s
+        .claim_llm_batch(
+            &LlmClaim {
+                created_after: Some(now()),
+                ..batch(100)
+            },
+            added,
+        )
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 8);
+}
+
+async fn llm_claim_one_outcomes(s: Arc<dyn Store>) {
+    seed(&s).await;
+    // Sub-microsecond parts in `now` must not break the expected-claim match.
+    let t = now() + Duration::nanoseconds(123_456_789);
+    let ten = Duration::minutes(10);
+    let claim_one = |cve: &'static str, expected: Option<DateTime<Utc>>, at: DateTime<Utc>| {
+        let s = s.clone();
+        async move {
+            s.claim_llm_one(&id(cve), expected, ten, 3, at)
+                .await
+                .unwrap()
+        }
+    };
+
+    assert_eq!(
+        claim_one("CVE-2000-1234", None, t).await,
+        ClaimOne::NotFound
+    );
+
+    // Unclaimed: claimed.
+    let ClaimOne::Claimed(row) = claim_one("CVE-2024-6387", None, t).await else {
+        panic!("unclaimed CVE is claimed");
+    };
+    assert_eq!(row.cve_id, "CVE-2024-6387");
+    assert_eq!(row.llm_claimed_until, Some(micros(t + ten)));
+    // Held by someone else: refused with the holder's expiry.
+    assert_eq!(
+        claim_one("CVE-2024-6387", None, t).await,
+        ClaimOne::ClaimedByOther {
+            until: micros(t + ten)
+        }
+    );
+    assert_eq!(
+        claim_one("CVE-2024-6387", Some(t), t).await,
+        ClaimOne::ClaimedByOther {
+            until: micros(t + ten)
+        },
+        "a wrong expected claim is someone else's"
+    );
+    // Expired: claimable again.
+    assert!(matches!(
+        claim_one("CVE-2024-6387", None, t + ten).await,
+        ClaimOne::Claimed(_)
+    ));
+
+    // A batch's claim, handed to its task: the task renews it once.
+    let rows = s
+        .claim_llm_batch(
+            &LlmClaim {
+                priority: Some(Priority::High),
+                limit: 1,
+                ..batch(1)
+            },
+            t,
+        )
+        .await
+        .unwrap();
+    let batch_row = &rows[0];
+    assert_eq!(batch_row.cve_id, "CVE-2024-3400");
+    let batch_until = batch_row.llm_claimed_until.expect("claimed");
+    assert_eq!(
+        claim_one("CVE-2024-3400", None, t).await,
+        ClaimOne::ClaimedByOther { until: batch_until },
+        "a second task without the batch's claim is refused"
+    );
+    let t2 = t + Duration::seconds(30);
+    let ClaimOne::Claimed(renewed) = claim_one("CVE-2024-3400", Some(batch_until), t2).await else {
+        panic!("the batch's task takes over its claim");
+    };
+    assert_eq!(renewed.llm_claimed_until, Some(micros(t2 + ten)));
+    assert_eq!(
+        claim_one("CVE-2024-3400", Some(batch_until), t2).await,
+        ClaimOne::ClaimedByOther {
+            until: micros(t2 + ten)
+        },
+        "only once: the claim has moved on"
+    );
+
+    // Processed.
+    s.save_enrichment(&id("CVE-2024-3400"), &enrichment(t2))
+        .await
+        .unwrap();
+    assert_eq!(
+        claim_one("CVE-2024-3400", None, t2).await,
+        ClaimOne::AlreadyProcessed
+    );
+
+    // Parked, with its last error.
+    for n in 1..=3 {
+        s.record_llm_failure(&id("CVE-2019-0708"), &format!("bad output {n}"), t)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        claim_one("CVE-2019-0708", None, t).await,
+        ClaimOne::Parked {
+            attempts: 3,
+            error: Some("bad output 3".into())
+        }
+    );
+    // With a higher limit the same CVE may be tried again.
+    assert!(matches!(
+        s.claim_llm_one(&id("CVE-2019-0708"), None, ten, 4, t)
+            .await
+            .unwrap(),
+        ClaimOne::Claimed(_)
+    ));
+}
+
+async fn llm_failures_park_and_enrichment_resets(s: Arc<dyn Store>) {
+    seed(&s).await;
+    let cve = id("CVE-2024-6387");
+    assert!(matches!(
+        s.claim_llm_one(&cve, None, Duration::minutes(10), 3, now())
+            .await
+            .unwrap(),
+        ClaimOne::Claimed(_)
+    ));
+    assert_eq!(
+        s.record_llm_failure(&cve, "not JSON", now()).await.unwrap(),
+        1
+    );
+    let r = get(&s, "CVE-2024-6387").await;
+    assert_eq!(r.llm_claimed_until, None, "a failure releases the claim");
+    assert_eq!(r.llm_error.as_deref(), Some("not JSON"));
+    assert!(!r.llm_processed);
+    assert_eq!(
+        s.record_llm_failure(&cve, "too long", now()).await.unwrap(),
+        2
+    );
+    assert!(
+        cve_ids(&s.claim_llm_batch(&batch(100), now()).await.unwrap())
+            .contains(&"CVE-2024-6387".to_string())
+    );
+    s.release_llm_claim(&cve).await.unwrap();
+    // Clear every other claim too, for the parked checks below.
+    for r in s.llm_candidates(None, 100).await.unwrap() {
+        s.release_llm_claim(&id(&r.cve_id)).await.unwrap();
+    }
+    assert_eq!(
+        s.record_llm_failure(&cve, "invented version", now() + Duration::minutes(1))
+            .await
+            .unwrap(),
+        3
+    );
+    // Parked: never claimed by a batch again.
+    assert!(
+        !cve_ids(&s.claim_llm_batch(&batch(100), now()).await.unwrap())
+            .contains(&"CVE-2024-6387".to_string())
+    );
+    // Another parked CVE, failed earlier: listed after it.
+    for _ in 0..3 {
+        s.record_llm_failure(&id("CVE-2024-0158"), "copy of the input", now())
+            .await
+            .unwrap();
+    }
+    let parked = s.parked_llm(LLM_MAX_ATTEMPTS, 10).await.unwrap();
+    assert_eq!(cve_ids(&parked), vec!["CVE-2024-6387", "CVE-2024-0158"]);
+    assert_eq!(parked[0].llm_error.as_deref(), Some("invented version"));
+    assert_eq!(parked[0].llm_attempts, 3);
+    assert_eq!(s.parked_llm(LLM_MAX_ATTEMPTS, 1).await.unwrap().len(), 1);
+    assert!(s.parked_llm(4, 10).await.unwrap().is_empty());
+
+    // A parked CVE whose description NVD changes gets fresh attempts at the
+    // new text (the failures were about the old one).
+    let mut changed = fixture("CVE-2024-0158");
+    changed.description = "Dell BIOS contains an improper input validation flaw (updated).".into();
+    changed.modified_at += Duration::days(1);
+    s.upsert_cves(&[changed], now()).await.unwrap();
+    let r = get(&s, "CVE-2024-0158").await;
+    assert_eq!((r.llm_attempts, r.llm_error), (0, None));
+    assert!(
+        cve_ids(&s.claim_llm_batch(&batch(100), now()).await.unwrap())
+            .contains(&"CVE-2024-0158".to_string())
+    );
+    // Re-imported unchanged: the failure history stays.
+    s.upsert_cves(&[fixture("CVE-2024-6387")], now())
+        .await
+        .unwrap();
+    assert_eq!(get(&s, "CVE-2024-6387").await.llm_attempts, 3);
+
+    // A success ends the failure history.
+    s.save_enrichment(&cve, &enrichment(now())).await.unwrap();
+    let r = get(&s, "CVE-2024-6387").await;
+    assert!(r.llm_processed);
+    assert_eq!(r.llm_attempts, 0);
+    assert_eq!(r.llm_error, None);
+    assert_eq!(r.llm_claimed_until, None);
+    assert!(s.parked_llm(3, 10).await.unwrap().is_empty());
+    assert!(matches!(
+        s.record_llm_failure(&id("CVE-2000-1234"), "x", now()).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn llm_stats_numbers(s: Arc<dyn Store>) {
+    let empty = s.llm_stats(now()).await.unwrap();
+    assert_eq!(
+        (empty.total, empty.pending, empty.completion_percentage),
+        (0, 0, 0.0)
+    );
+    seed(&s).await;
+    let high_total = s
+        .llm_candidates(Some(Priority::High), 100)
+        .await
+        .unwrap()
+        .len() as u64;
+    assert_eq!(high_total, 4);
+    // 8 counted (Rejected is not): 1 processed (high), 1 failed once,
+    // 1 parked, 2 claimed (one of which expired by `later`... no: both held).
+    s.save_enrichment(&id("CVE-2024-3400"), &enrichment(now()))
+        .await
+        .unwrap();
+    s.record_llm_failure(&id("CVE-2024-6387"), "bad", now())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        s.record_llm_failure(&id("CVE-2024-0158"), "bad", now())
+            .await
+            .unwrap();
+    }
+    for cve in ["CVE-1999-0001", "CVE-2025-0938"] {
+        s.claim_llm_one(&id(cve), None, Duration::minutes(10), 3, now())
+            .await
+            .unwrap();
+    }
+    // A claim that has expired by `now()` does not count.
+    s.claim_llm_one(
+        &id("CVE-2022-49267"),
+        None,
+        Duration::minutes(10),
+        3,
+        now() - Duration::hours(1),
+    )
+    .await
+    .unwrap();
+    let st = s.llm_stats(now()).await.unwrap();
+    assert_eq!(st.total, 8);
+    assert_eq!(st.processed, 1);
+    assert_eq!(st.pending, 7);
+    assert_eq!(st.high_priority_pending, high_total - 1);
+    assert_eq!(st.completion_percentage, 12.5);
+    assert_eq!(st.failed, 1, "failed once, still retried");
+    assert_eq!(st.parked, 1);
+    assert_eq!(st.claimed, 2);
+    // /stats carries the same numbers.
+    assert_eq!(s.stats(now()).await.unwrap().llm, st);
+    // After the claims expire.
+    let later = s.llm_stats(now() + Duration::hours(1)).await.unwrap();
+    assert_eq!(later.claimed, 0);
 }
 
 // ------------------------------------------------- connection edge cases
