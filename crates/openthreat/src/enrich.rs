@@ -25,8 +25,9 @@ use serde_json::{json, Value};
 use crate::tasks::ProcessCveWithLlm;
 
 /// Failed attempts (answers rejected after their repair) before a CVE is
-/// parked instead of being retried by every batch for ever.
-pub const MAX_ATTEMPTS: i32 = 3;
+/// parked instead of being retried by every batch for ever. The store's
+/// constant, so that its `parked` count and our claims agree.
+pub const MAX_ATTEMPTS: i32 = openthreat_store::LLM_MAX_ATTEMPTS;
 
 /// How long a claim holds. Long enough for a queued task to wait behind a
 /// backlog and run its generation (the LLM timeout is 120 s per call), short

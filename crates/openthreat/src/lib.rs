@@ -19,7 +19,6 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod doctor;
-#[cfg(feature = "llm-store")]
 pub mod enrich;
 pub mod ingest;
 pub mod runtime;

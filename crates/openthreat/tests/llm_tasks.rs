@@ -8,8 +8,6 @@
 //! the task's behaviour (retry state, queued messages) is what is tested, and
 //! through the shared `enrich` service otherwise.
 
-#![cfg(feature = "llm-store")]
-
 #[path = "support/mod.rs"]
 mod support;
 

@@ -15,7 +15,6 @@ pub(crate) mod beat;
 mod call;
 mod doctor;
 mod ingest;
-#[cfg(feature = "llm-store")]
 mod llm;
 mod migrate;
 mod purge;
@@ -68,7 +67,6 @@ pub enum Command {
     Ingest(ingest::Args),
     /// Enrich CVEs with the LLM: queue a batch (--priority, --batch-size) or
     /// one CVE (--cve), or do it here with --now; --stats and --parked report.
-    #[cfg(feature = "llm-store")]
     Llm(llm::Args),
 }
 
@@ -102,7 +100,6 @@ pub fn main() -> ExitCode {
             Command::Purge(args) => purge::run(&config, args).await,
             Command::Queues(args) => queues::run(&config, args).await,
             Command::Ingest(args) => ingest::run(&config, args).await,
-            #[cfg(feature = "llm-store")]
             Command::Llm(args) => llm::run(&config, args).await,
         }
     });

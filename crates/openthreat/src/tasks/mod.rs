@@ -14,26 +14,18 @@ use openthreat_store::Store;
 use crate::config::Config;
 
 pub mod clean_cache;
-#[cfg(feature = "llm-store")]
 pub mod get_llm_stats;
-#[cfg(feature = "llm-store")]
 pub mod process_cve_with_llm;
-#[cfg(feature = "llm-store")]
 pub mod process_llm_queue;
-#[cfg(feature = "llm-store")]
 pub mod process_new_cves;
 pub mod test_task;
 pub mod update_stats_cache;
 pub mod update_vulnerabilities;
 
 pub use clean_cache::CleanCache;
-#[cfg(feature = "llm-store")]
 pub use get_llm_stats::GetLlmStats;
-#[cfg(feature = "llm-store")]
 pub use process_cve_with_llm::ProcessCveWithLlm;
-#[cfg(feature = "llm-store")]
 pub use process_llm_queue::ProcessLlmQueue;
-#[cfg(feature = "llm-store")]
 pub use process_new_cves::ProcessNewCves;
 pub use test_task::TestTask;
 pub use update_stats_cache::UpdateStatsCache;
@@ -72,37 +64,29 @@ impl AppContext {
 
 /// Registers every task this binary defines on a worker.
 pub fn register_all(builder: WorkerBuilder<AppContext>) -> WorkerBuilder<AppContext> {
-    let builder = builder
+    builder
         .register::<TestTask>()
         .register::<UpdateStatsCache>()
         .register::<CleanCache>()
-        .register::<UpdateVulnerabilities>();
-    // Registering the LLM tasks is what switches their default beat entries on.
-    #[cfg(feature = "llm-store")]
-    let builder = builder
+        .register::<UpdateVulnerabilities>()
+        // Registering the LLM tasks is what switches their default beat entries on.
         .register::<ProcessCveWithLlm>()
         .register::<ProcessLlmQueue>()
         .register::<ProcessNewCves>()
-        .register::<GetLlmStats>();
-    builder
+        .register::<GetLlmStats>()
 }
 
 /// The names of every task this binary defines (for beat validation and `call`).
 pub fn task_names() -> Vec<&'static str> {
     use openthreat_queue::Task;
-    #[allow(unused_mut)]
-    let mut names = vec![
+    vec![
         TestTask::NAME,
         UpdateStatsCache::NAME,
         CleanCache::NAME,
         UpdateVulnerabilities::NAME,
-    ];
-    #[cfg(feature = "llm-store")]
-    names.extend([
         ProcessCveWithLlm::NAME,
         ProcessLlmQueue::NAME,
         ProcessNewCves::NAME,
         GetLlmStats::NAME,
-    ]);
-    names
+    ]
 }
