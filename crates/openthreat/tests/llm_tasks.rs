@@ -533,6 +533,31 @@ async fn llm_now_end_to_end_through_the_binary() {
     );
     let stats = enrich::stats_json(b.store.as_ref()).await.unwrap();
     assert_eq!(stats["processed"], 5, "{stats}");
+
+    // The same through the OpenAI-compatible provider, human output.
+    let (url, llm_url) = (b.url.clone(), llm.openai_url());
+    let out = tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        support::openthreat(
+            dir.path(),
+            &[
+                ("DATABASE_URL", url.as_str()),
+                ("OPENTHREAT_LLM_PROVIDER", "openai"),
+                ("OPENTHREAT_LLM_URL", llm_url.as_str()),
+            ],
+            &["llm", "--now", "--priority", "all", "--batch-size", "2"],
+        )
+    })
+    .await
+    .unwrap();
+    let text = support::text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("processed 2, failed 0, skipped 0, parked 0"),
+        "{text}"
+    );
+    let stats = enrich::stats_json(b.store.as_ref()).await.unwrap();
+    assert_eq!(stats["processed"], 7, "{stats}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
