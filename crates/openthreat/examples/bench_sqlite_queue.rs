@@ -4,7 +4,6 @@
 //!
 //! Usage: `cargo run --release --example bench_sqlite_queue -- [N] [CONCURRENCY]`
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openthreat::config::Config;
@@ -43,10 +42,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let publish = started.elapsed();
 
-    let ctx = AppContext {
-        store,
-        config: Arc::new(config),
-    };
+    let ctx = AppContext::new(store, &config, producer.clone())?;
     let worker = tasks::register_all(Worker::builder(broker, backend, ctx))
         .concurrency(concurrency)
         .build();

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use openthreat_llm::{Enricher, HealthState, LlmConfig, ProviderKind};
+
 use crate::config::{redact_url, Config};
 
 /// Outcome of one check.
@@ -44,7 +46,7 @@ pub async fn run_all(config: &Config) -> Vec<Check> {
     if let Some(url) = redis_target(config) {
         checks.push(check_redis(&url).await);
     }
-    checks.push(check_ollama(&config.ollama_host, &config.ollama_model).await);
+    checks.push(check_llm(config).await);
     checks
 }
 
@@ -156,92 +158,102 @@ pub async fn check_redis(url: &str) -> Check {
     }
 }
 
-/// Asks Ollama which models it has (`GET /api/tags`) and whether ours is among them.
+/// Asks the configured LLM server (Ollama or OpenAI-compatible, through the
+/// llm crate's own health check, so doctor and the tasks agree) whether it
+/// answers and has the model.
 ///
 /// Missing is a warning, not a failure: without an LLM the service keeps
-/// ingesting and serving; enrichment waits until the model is there.
-pub async fn check_ollama(host: &str, model: &str) -> Check {
-    let target = format!("{} (model {model})", redact_url(host));
+/// ingesting and serving; enrichment waits until the model is there. A bad
+/// LLM configuration is a failure: the worker refuses to start with it.
+pub async fn check_llm(config: &Config) -> Check {
     let name = "llm";
-    let url = format!("{}/api/tags", host.trim_end_matches('/'));
-    let client = match reqwest::Client::builder().timeout(TIMEOUT).build() {
+    let llm = match LlmConfig::from_env_map(&config.env) {
         Ok(c) => c,
         Err(e) => {
             return Check {
                 name,
-                status: Status::Warn,
+                status: Status::Fail,
+                target: "LLM configuration".into(),
+                detail: e.to_string(),
+                fix: Some("fix OPENTHREAT_LLM_PROVIDER / OPENTHREAT_LLM_URL / OLLAMA_HOST".into()),
+            }
+        }
+    };
+    let target = llm.describe();
+    let enricher = match Enricher::from_config(&llm) {
+        Ok(e) => e,
+        Err(e) => {
+            return Check {
+                name,
+                status: Status::Fail,
                 target,
                 detail: e.to_string(),
                 fix: None,
             }
         }
     };
-    #[derive(serde::Deserialize)]
-    struct Tags {
-        #[serde(default)]
-        models: Vec<Model>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Model {
-        name: String,
-    }
-    let answer = async {
-        let resp = client.get(&url).send().await?.error_for_status()?;
-        resp.json::<Tags>().await
-    }
-    .await;
-    match answer {
-        Ok(tags) => {
-            let wanted = if model.contains(':') {
-                model.to_string()
-            } else {
-                format!("{model}:latest")
-            };
-            if tags
-                .models
-                .iter()
-                .any(|m| m.name == wanted || m.name == model)
-            {
-                Check {
-                    name,
-                    status: Status::Ok,
-                    target,
-                    detail: "reachable, model present".into(),
-                    fix: None,
-                }
-            } else {
-                Check {
-                    name,
-                    status: Status::Warn,
-                    target,
-                    detail: "reachable, but the model is not pulled (enrichment is skipped)".into(),
-                    fix: Some(format!("ollama pull {model}")),
-                }
+    let status = match tokio::time::timeout(TIMEOUT, enricher.health()).await {
+        Ok(status) => status,
+        Err(_) => {
+            return Check {
+                name,
+                status: Status::Warn,
+                target,
+                detail: format!(
+                    "no answer within {}s; enrichment is skipped until it answers",
+                    TIMEOUT.as_secs()
+                ),
+                fix: Some(start_fix(&llm)),
             }
         }
-        Err(e) => Check {
-            name,
-            status: Status::Warn,
-            target,
-            detail: format!(
-                "unreachable ({}); enrichment is skipped until it is up",
-                short_reqwest_error(&e)
+    };
+    // `target` already names provider, model and address; the detail says
+    // only what was found.
+    let (status_kind, detail, fix) = match &status.state {
+        HealthState::Ready => (Status::Ok, "reachable, model present".to_string(), None),
+        HealthState::ModelMissing { available, fix } => (
+            Status::Warn,
+            format!(
+                "reachable, but the model is not available (enrichment is skipped){}",
+                if available.is_empty() {
+                    String::new()
+                } else {
+                    format!("; available: {}", available.join(", "))
+                }
             ),
-            fix: Some(format!(
-                "Start Ollama: ollama serve, then: ollama pull {model} (or set OLLAMA_HOST)"
-            )),
-        },
+            Some(fix.clone()),
+        ),
+        HealthState::Unreachable { reason } => (
+            Status::Warn,
+            format!("unreachable ({reason}); enrichment is skipped until it is up"),
+            Some(start_fix(&llm)),
+        ),
+        HealthState::Error { reason } => (
+            Status::Warn,
+            format!("answers, but not as the protocol says ({reason}); enrichment is skipped"),
+            Some(start_fix(&llm)),
+        ),
+    };
+    Check {
+        name,
+        status: status_kind,
+        target,
+        detail,
+        fix,
     }
 }
 
-fn short_reqwest_error(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".into()
-    } else if e.is_connect() {
-        "connection refused".into()
-    } else if let Some(status) = e.status() {
-        format!("HTTP {status}")
-    } else {
-        "bad answer".into()
+/// How to get the configured server up, naming the model to pull.
+fn start_fix(llm: &LlmConfig) -> String {
+    match llm.provider {
+        ProviderKind::Ollama => format!(
+            "Start Ollama: ollama serve, then: ollama pull {} (or set OLLAMA_HOST)",
+            llm.model
+        ),
+        ProviderKind::OpenAi => format!(
+            "Start the OpenAI-compatible server at {} serving {} (or set OPENTHREAT_LLM_URL)",
+            llm.redacted_url(),
+            llm.model
+        ),
     }
 }

@@ -19,6 +19,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod doctor;
+pub mod enrich;
 pub mod ingest;
 pub mod runtime;
 pub mod schedule;

@@ -15,6 +15,7 @@ pub(crate) mod beat;
 mod call;
 mod doctor;
 mod ingest;
+mod llm;
 mod migrate;
 mod purge;
 mod queues;
@@ -64,6 +65,9 @@ pub enum Command {
     /// Import CVEs (NVD API sync, NVD feed files or local files), CISA KEV
     /// and EPSS into the database, once, with a progress bar and a summary.
     Ingest(ingest::Args),
+    /// Enrich CVEs with the LLM: queue a batch (--priority, --batch-size) or
+    /// one CVE (--cve), or do it here with --now; --stats and --parked report.
+    Llm(llm::Args),
 }
 
 /// Entry point of the binary: parse, set up logging, load configuration, run.
@@ -96,6 +100,7 @@ pub fn main() -> ExitCode {
             Command::Purge(args) => purge::run(&config, args).await,
             Command::Queues(args) => queues::run(&config, args).await,
             Command::Ingest(args) => ingest::run(&config, args).await,
+            Command::Llm(args) => llm::run(&config, args).await,
         }
     });
     match result {

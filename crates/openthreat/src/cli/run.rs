@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 
@@ -39,7 +38,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let store = runtime::open_store(config).await?;
     let broker = runtime::open_broker(config).await?;
     let backend = runtime::open_backend(config).await?;
-    let llm = doctor::check_ollama(&config.ollama_host, &config.ollama_model).await;
+    let llm = doctor::check_llm(config).await;
 
     // A few clear lines on what this process uses, like the original start script.
     println!("OpenThreat {}", env!("CARGO_PKG_VERSION"));
@@ -92,10 +91,12 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     println!("Press Ctrl-C to stop.");
 
     let stop = CancellationToken::new();
-    let ctx = AppContext {
-        store: store.clone(),
-        config: Arc::new(config.clone()),
-    };
+    let ctx = AppContext::new(
+        store.clone(),
+        config,
+        Producer::new(broker.clone(), backend.clone()),
+    )
+    .context("LLM configuration (OPENTHREAT_LLM_*, OLLAMA_*)")?;
     let mut builder = tasks::register_all(Worker::builder(broker.clone(), backend.clone(), ctx));
     if let Some(n) = args.concurrency {
         anyhow::ensure!(n > 0, "--concurrency must be at least 1");

@@ -1,9 +1,9 @@
 //! `openthreat worker`: executes tasks from the broker until Ctrl-C/SIGTERM.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use openthreat_queue::Worker;
+use anyhow::Context;
+use openthreat_queue::{Producer, Worker};
 
 use crate::config::{redact_url, Config};
 use crate::runtime;
@@ -28,10 +28,12 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let store = runtime::open_store(config).await?;
     let broker = runtime::open_broker(config).await?;
     let backend = runtime::open_backend(config).await?;
-    let ctx = AppContext {
+    let ctx = AppContext::new(
         store,
-        config: Arc::new(config.clone()),
-    };
+        config,
+        Producer::new(broker.clone(), backend.clone()),
+    )
+    .context("LLM configuration (OPENTHREAT_LLM_*, OLLAMA_*)")?;
     let mut builder =
         tasks::register_all(Worker::builder(broker, backend, ctx)).queues(args.queues.clone());
     if let Some(n) = args.concurrency {

@@ -6,26 +6,60 @@
 
 use std::sync::Arc;
 
+use openthreat_llm::{Enricher, LlmConfig, LlmError};
 use openthreat_queue::worker::WorkerBuilder;
+use openthreat_queue::Producer;
 use openthreat_store::Store;
 
 use crate::config::Config;
 
 pub mod clean_cache;
+pub mod get_llm_stats;
+pub mod process_cve_with_llm;
+pub mod process_llm_queue;
+pub mod process_new_cves;
 pub mod test_task;
 pub mod update_stats_cache;
 pub mod update_vulnerabilities;
 
 pub use clean_cache::CleanCache;
+pub use get_llm_stats::GetLlmStats;
+pub use process_cve_with_llm::ProcessCveWithLlm;
+pub use process_llm_queue::ProcessLlmQueue;
+pub use process_new_cves::ProcessNewCves;
 pub use test_task::TestTask;
 pub use update_stats_cache::UpdateStatsCache;
 pub use update_vulnerabilities::UpdateVulnerabilities;
 
-/// What every task gets: the store and the configuration.
+/// What every task gets: the store, the configuration, the LLM and a producer.
 #[derive(Debug, Clone)]
 pub struct AppContext {
     pub store: Arc<dyn Store>,
     pub config: Arc<Config>,
+    /// One per process and shared, because its semaphore is what bounds LLM
+    /// calls (`OPENTHREAT_LLM_CONCURRENCY`) independently of worker slots.
+    pub enricher: Arc<Enricher>,
+    /// Batch tasks queue one task per CVE through it.
+    pub producer: Producer,
+}
+
+impl AppContext {
+    /// Builds the context; a bad LLM configuration (unknown provider,
+    /// malformed URL) is an error here, at start-up, rather than a failure
+    /// of every LLM task later.
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: &Config,
+        producer: Producer,
+    ) -> Result<Self, LlmError> {
+        let llm = LlmConfig::from_env_map(&config.env)?;
+        Ok(AppContext {
+            store,
+            config: Arc::new(config.clone()),
+            enricher: Arc::new(Enricher::from_config(&llm)?),
+            producer,
+        })
+    }
 }
 
 /// Registers every task this binary defines on a worker.
@@ -35,6 +69,11 @@ pub fn register_all(builder: WorkerBuilder<AppContext>) -> WorkerBuilder<AppCont
         .register::<UpdateStatsCache>()
         .register::<CleanCache>()
         .register::<UpdateVulnerabilities>()
+        // Registering the LLM tasks is what switches their default beat entries on.
+        .register::<ProcessCveWithLlm>()
+        .register::<ProcessLlmQueue>()
+        .register::<ProcessNewCves>()
+        .register::<GetLlmStats>()
 }
 
 /// The names of every task this binary defines (for beat validation and `call`).
@@ -45,5 +84,9 @@ pub fn task_names() -> Vec<&'static str> {
         UpdateStatsCache::NAME,
         CleanCache::NAME,
         UpdateVulnerabilities::NAME,
+        ProcessCveWithLlm::NAME,
+        ProcessLlmQueue::NAME,
+        ProcessNewCves::NAME,
+        GetLlmStats::NAME,
     ]
 }

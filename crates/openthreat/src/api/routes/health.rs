@@ -34,7 +34,7 @@ async fn llm_check(state: &AppState) -> Check {
             return check.clone();
         }
     }
-    let check = doctor::check_ollama(&state.config.ollama_host, &state.config.ollama_model).await;
+    let check = doctor::check_llm(&state.config).await;
     *last = Some((Instant::now(), check.clone()));
     check
 }
