@@ -672,6 +672,9 @@ async fn route_contract(backend: &Backend) {
         assert_eq!(s["processed"], 1);
         assert_eq!(s["pending"], 19);
         assert_eq!(s["completion_percentage"], 5.0);
+        // No LLM attempt has failed in the seed, so nothing is retrying or parked.
+        assert_eq!(s["failed"], 0, "{uri}");
+        assert_eq!(s["parked"], 0, "{uri}");
         assert!(
             s["high_priority_pending"].as_u64().unwrap() >= 8,
             "exploited ones are high"

@@ -147,6 +147,12 @@ pub struct LlmStats {
     pub high_priority_pending: u64,
     /// `processed / total * 100`, two decimals (0 when there are no CVEs).
     pub completion_percentage: f64,
+    /// Pending CVEs with failed LLM attempts that will be tried again.
+    #[serde(default)]
+    pub failed: u64,
+    /// CVEs set aside after three failed attempts (`openthreat llm --parked`).
+    #[serde(default)]
+    pub parked: u64,
 }
 
 /// `GET /stats`. Read from the stats cache (JSON written from the store's

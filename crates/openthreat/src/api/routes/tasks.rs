@@ -81,8 +81,8 @@ pub(crate) fn batch_params(p: &BatchParams, default_size: u32) -> Result<(u32, S
 /// LLM progress, from the same store query `tasks.get_llm_stats` runs: a
 /// read needs no round trip through the queue, so it works with no worker.
 pub(crate) async fn llm_progress(state: &AppState) -> Result<LlmStats, ApiError> {
-    let stats = state.store.stats(chrono::Utc::now()).await?;
-    crate::api::routes::stats::reshape(serde_json::to_value(stats.llm).map_err(ApiError::internal)?)
+    let stats = state.store.llm_stats(chrono::Utc::now()).await?;
+    crate::api::routes::stats::reshape(serde_json::to_value(stats).map_err(ApiError::internal)?)
 }
 
 /// Sends `tasks.process_llm_queue(batch_size, priority)`.
