@@ -248,36 +248,9 @@ pub fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}", path.display())
 }
 
-/// The URL with any password replaced by `***`, for logs and messages.
-///
-/// Works on anything URL-shaped, including strings that fail to parse, so a
-/// malformed URL in an error message cannot leak its password either.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            let user = match userinfo.split_once(':') {
-                Some((user, _password)) => format!("{user}:***"),
-                // Redis URLs often carry only a password: `redis://:pw@host` or `redis://pw@host`.
-                None if url.starts_with("redis") => "***".to_string(),
-                None => userinfo.to_string(),
-            };
-            format!(
-                "{}{}@{}",
-                &url[..scheme_end + 3],
-                user,
-                &rest[at..].trim_start_matches('@')
-            )
-        }
-        None => url.to_string(),
-    }
-}
+/// The URL with any password replaced by `***`, for logs and messages (the
+/// store's redaction, which also works on malformed URLs and free text).
+pub use openthreat_store::redact_url;
 
 fn check_url(var: &'static str, url: &str, schemes: &[&str]) -> Result<(), ConfigError> {
     let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());

@@ -44,7 +44,8 @@ impl From<serde_json::Error> for StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Replaces the password of every `scheme://user:password@host` in `text` by
-/// `***`, so that URLs can appear in errors and logs.
+/// `***` (and the bare password of `redis://password@host`), so that URLs can
+/// appear in errors and logs. The one redaction the store and the app share.
 ///
 /// Works on free text (not only on a lone URL) because driver error messages
 /// sometimes quote the URL they were given.
@@ -66,6 +67,10 @@ pub fn redact_url(text: &str) -> String {
                     Some(colon) => {
                         out.push_str(&userinfo[..colon]);
                         out.push_str(":***");
+                    }
+                    // Redis URLs often carry only a password (`redis://pw@host`).
+                    None if head.ends_with("redis://") || head.ends_with("rediss://") => {
+                        out.push_str("***")
                     }
                     None => out.push_str(userinfo),
                 }
