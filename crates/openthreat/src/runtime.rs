@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use openthreat_queue::control::Fanout;
+use openthreat_queue::worker::WorkerBuilder;
 use openthreat_queue::{Broker, Producer, ResultBackend};
 use openthreat_store::Store;
 
@@ -37,6 +39,43 @@ pub async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn ResultBacke
     openthreat_queue::connect_backend(&config.result_backend_url)
         .await
         .with_context(|| format!("result backend {}", redact_url(&config.result_backend_url)))
+}
+
+/// Connects to the transport of events and remote control (the broker's).
+pub async fn open_fanout(config: &Config) -> anyhow::Result<Arc<dyn Fanout>> {
+    ensure_parent_dir(&config.broker_url)?;
+    openthreat_queue::connect_fanout(&config.broker_url)
+        .await
+        .with_context(|| format!("broker {}", redact_url(&config.broker_url)))
+}
+
+/// What `inspect stats` shows about the broker: transport, host, port and
+/// database, never credentials.
+pub fn broker_info(config: &Config) -> serde_json::Value {
+    let url = config.broker_url.as_str();
+    match url::Url::parse(url) {
+        Ok(u) if u.scheme().starts_with("redis") => serde_json::json!({
+            "transport": "redis",
+            "hostname": u.host_str(),
+            "port": u.port().unwrap_or(6379),
+            "virtual_host": u.path().trim_start_matches('/'),
+            "ssl": u.scheme() == "rediss",
+        }),
+        _ => serde_json::json!({"transport": "sqlite", "hostname": "localhost"}),
+    }
+}
+
+/// Makes a worker visible to monitors: answers `inspect`/`control` (ours,
+/// Celery's, Flower's) and sends events unless `events` is false.
+pub async fn monitored<C: Clone + Send + Sync + 'static>(
+    builder: WorkerBuilder<C>,
+    config: &Config,
+    events: bool,
+) -> anyhow::Result<WorkerBuilder<C>> {
+    Ok(builder
+        .fanout(open_fanout(config).await?)
+        .send_events(events)
+        .broker_info(broker_info(config)))
 }
 
 /// A producer over the configured broker and backend.

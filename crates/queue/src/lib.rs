@@ -34,6 +34,7 @@
 //! * [`producer`]: [`Producer::send_task`] and [`AsyncResult`].
 //! * [`worker`]: [`Worker`], its builder, its shared [`WorkerState`], the
 //!   registry and rate limits.
+//! * [`control`]: Celery events and remote control (pidbox) over a fanout.
 //! * `beat`: the periodic scheduler.
 //! * [`connect_broker`] / [`connect_backend`]: pick an implementation by URL.
 
@@ -42,6 +43,7 @@ use std::sync::Arc;
 pub mod backend;
 pub mod beat;
 pub mod broker;
+pub mod control;
 mod error;
 pub mod message;
 pub mod producer;
@@ -76,6 +78,21 @@ pub async fn connect_broker(url: &str) -> Result<Arc<dyn Broker>> {
             b = b.with_visibility_timeout(vt);
         }
         Ok(Arc::new(b))
+    } else {
+        Err(Error::Url(url.to_owned()))
+    }
+}
+
+/// Connects to the event and remote-control transport at `url` (same
+/// schemes and `global_keyprefix` as [`connect_broker`]).
+pub async fn connect_fanout(url: &str) -> Result<Arc<dyn control::Fanout>> {
+    let opts = UrlOptions::parse(url);
+    if is_redis(url) {
+        Ok(Arc::new(
+            control::RedisFanout::connect(&opts.url, &opts.prefix).await?,
+        ))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(control::SqliteFanout::connect(&opts.url).await?))
     } else {
         Err(Error::Url(url.to_owned()))
     }

@@ -15,6 +15,7 @@ pub(crate) mod beat;
 mod call;
 mod doctor;
 mod ingest;
+mod inspect;
 mod llm;
 mod migrate;
 mod purge;
@@ -65,6 +66,12 @@ pub enum Command {
     /// Import CVEs (NVD API sync, NVD feed files or local files), CISA KEV
     /// and EPSS into the database, once, with a progress bar and a summary.
     Ingest(ingest::Args),
+    /// Ask workers what they are doing, like `celery inspect` (Python Celery
+    /// workers answer too): active, reserved, scheduled, registered, stats, ping, …
+    Inspect(inspect::InspectArgs),
+    /// Change running workers, like `celery control`: revoke, rate_limit,
+    /// time_limit, pool_grow/shrink, add/cancel_consumer, events on/off, shutdown.
+    Control(inspect::ControlArgs),
     /// Enrich CVEs with the LLM: queue a batch (--priority, --batch-size) or
     /// one CVE (--cve), or do it here with --now; --stats and --parked report.
     Llm(llm::Args),
@@ -101,6 +108,8 @@ pub fn main() -> ExitCode {
             Command::Queues(args) => queues::run(&config, args).await,
             Command::Ingest(args) => ingest::run(&config, args).await,
             Command::Llm(args) => llm::run(&config, args).await,
+            Command::Inspect(args) => inspect::inspect(&config, args).await,
+            Command::Control(args) => inspect::control(&config, args).await,
         }
     });
     match result {

@@ -29,6 +29,10 @@ pub struct Args {
     /// Address of the HTTP API (default: OPENTHREAT_BIND or 127.0.0.1:8001).
     #[arg(long, value_name = "ADDR")]
     bind: Option<std::net::SocketAddr>,
+    /// Send no task or worker events (Flower and `openthreat events` then see
+    /// nothing; `openthreat control enable_events` turns them on later).
+    #[arg(long)]
+    without_events: bool,
 }
 
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
@@ -97,7 +101,8 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         Producer::new(broker.clone(), backend.clone()),
     )
     .context("LLM configuration (OPENTHREAT_LLM_*, OLLAMA_*)")?;
-    let mut builder = tasks::register_all(Worker::builder(broker.clone(), backend.clone(), ctx));
+    let builder = tasks::register_all(Worker::builder(broker.clone(), backend.clone(), ctx));
+    let mut builder = runtime::monitored(builder, config, !args.without_events).await?;
     if let Some(n) = args.concurrency {
         anyhow::ensure!(n > 0, "--concurrency must be at least 1");
         builder = builder.concurrency(n);

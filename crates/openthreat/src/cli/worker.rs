@@ -20,6 +20,10 @@ pub struct Args {
     /// Worker name as `celery inspect` and Flower show it (default: celery@<host>).
     #[arg(short = 'n', long)]
     hostname: Option<String>,
+    /// Send no task or worker events (Flower and `openthreat events` then see
+    /// nothing; `openthreat control enable_events` turns them on later).
+    #[arg(long)]
+    without_events: bool,
 }
 
 /// Warm shutdown: on the first signal the worker stops fetching, lets running
@@ -34,8 +38,9 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         Producer::new(broker.clone(), backend.clone()),
     )
     .context("LLM configuration (OPENTHREAT_LLM_*, OLLAMA_*)")?;
-    let mut builder =
+    let builder =
         tasks::register_all(Worker::builder(broker, backend, ctx)).queues(args.queues.clone());
+    let mut builder = runtime::monitored(builder, config, !args.without_events).await?;
     if let Some(n) = args.concurrency {
         anyhow::ensure!(n > 0, "--concurrency must be at least 1");
         builder = builder.concurrency(n);

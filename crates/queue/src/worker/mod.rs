@@ -10,11 +10,12 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use chrono::Utc;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -22,10 +23,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::backend::{ResultBackend, State, TaskMeta};
 use crate::broker::{Broker, Delivery};
+use crate::control::events::{fields, loadavg, HEARTBEAT_FREQ};
+use crate::control::{EventDispatcher, Fanout, Node};
 use crate::error::Result;
 use crate::message::Message;
 use crate::task::{backoff, Failure, RequestInfo, Task, TaskContext, TaskError};
 
+mod control;
 mod rate;
 mod registry;
 mod state;
@@ -56,9 +60,41 @@ pub struct WorkerBuilder<C> {
     shutdown_timeout: Duration,
     fetch_wait: Duration,
     track_started: bool,
+    fanout: Option<Arc<dyn Fanout>>,
+    send_events: bool,
+    heartbeat_interval: Duration,
+    broker_info: Value,
 }
 
 impl<C: Clone + Send + Sync + 'static> WorkerBuilder<C> {
+    /// Answers remote control (`celery inspect`, `openthreat inspect`) and
+    /// sends events over `fanout`. Without it the worker is invisible to
+    /// monitors (embedded tests, one-off runs).
+    pub fn fanout(mut self, fanout: Arc<dyn Fanout>) -> Self {
+        self.fanout = Some(fanout);
+        self
+    }
+
+    /// Whether task and worker events are sent from the start (default on;
+    /// `enable_events`/`disable_events` switch it at run time). Needs a fanout.
+    pub fn send_events(mut self, on: bool) -> Self {
+        self.send_events = on;
+        self
+    }
+
+    /// Seconds between `worker-heartbeat` events (default 2, Celery's).
+    pub fn heartbeat_interval(mut self, every: Duration) -> Self {
+        self.heartbeat_interval = every;
+        self
+    }
+
+    /// What `inspect stats` reports under `broker` (transport, hostname, port;
+    /// never credentials).
+    pub fn broker_info(mut self, info: Value) -> Self {
+        self.broker_info = info;
+        self
+    }
+
     /// Registers task type `T`; its name is `T::NAME`.
     pub fn register<T: Task<Context = C>>(mut self) -> Self {
         self.registry.register::<T>();
@@ -145,9 +181,10 @@ impl<C: Clone + Send + Sync + 'static> WorkerBuilder<C> {
                 .get(&name)
                 .and_then(|e| e.options.rate_interval)
             {
-                buckets.insert(name, TokenBucket::new(interval));
+                buckets.insert(name, Arc::new(TokenBucket::new(interval)));
             }
         }
+        let prefetch = self.concurrency * self.prefetch_multiplier;
         let state = Arc::new(WorkerState::new(
             hostname.clone(),
             self.queues.clone(),
@@ -159,17 +196,25 @@ impl<C: Clone + Send + Sync + 'static> WorkerBuilder<C> {
                 backend: self.backend,
                 context: self.context,
                 registry: self.registry,
-                buckets,
+                buckets: RwLock::new(buckets),
+                limits: RwLock::new(HashMap::new()),
                 state,
                 hostname,
-                queues: self.queues,
                 exec: Arc::new(Semaphore::new(self.concurrency)),
+                fetch_permits: Arc::new(Semaphore::new(prefetch)),
+                concurrency: AtomicUsize::new(self.concurrency),
+                prefetch_multiplier: self.prefetch_multiplier,
                 track_started: self.track_started,
                 stop: CancellationToken::new(),
                 requeue: CancellationToken::new(),
+                remote_stop: CancellationToken::new(),
+                fanout: self.fanout,
+                send_events: self.send_events,
+                events: OnceLock::new(),
+                broker_info: self.broker_info,
             }),
             concurrency: self.concurrency,
-            prefetch: self.concurrency * self.prefetch_multiplier,
+            heartbeat_interval: self.heartbeat_interval,
             restore_interval: self.restore_interval,
             lease_refresh_interval: self.lease_refresh_interval,
             shutdown_timeout: self.shutdown_timeout,
@@ -178,30 +223,60 @@ impl<C: Clone + Send + Sync + 'static> WorkerBuilder<C> {
     }
 }
 
+/// `(soft, hard)` time limits.
+type Limits = (Option<Duration>, Option<Duration>);
+
 struct Shared<C> {
     broker: Arc<dyn Broker>,
     backend: Arc<dyn ResultBackend>,
     context: C,
     registry: Registry<C>,
-    buckets: HashMap<String, TokenBucket>,
+    /// Rate limits by task name; `rate_limit` commands replace them.
+    buckets: RwLock<HashMap<String, Arc<TokenBucket>>>,
+    /// `(soft, hard)` time limits set by `time_limit` commands, over the task's own.
+    limits: RwLock<HashMap<String, Limits>>,
     state: Arc<WorkerState>,
     hostname: String,
-    queues: Vec<String>,
     /// Execution slots: at most `concurrency` task bodies run at once, however
     /// many messages are prefetched.
     exec: Arc<Semaphore>,
+    /// Messages held at once (`concurrency × prefetch_multiplier`).
+    fetch_permits: Arc<Semaphore>,
+    /// Current pool size (`pool_grow`/`pool_shrink` change it).
+    concurrency: AtomicUsize,
+    prefetch_multiplier: usize,
     track_started: bool,
     /// Stop fetching (warm shutdown began).
     stop: CancellationToken,
     /// Give up on running tasks: abort and requeue them.
     requeue: CancellationToken,
+    /// A `shutdown` command arrived.
+    remote_stop: CancellationToken,
+    fanout: Option<Arc<dyn Fanout>>,
+    send_events: bool,
+    /// Set in `run` (it needs the runtime) when there is a fanout.
+    events: OnceLock<Arc<EventDispatcher>>,
+    broker_info: Value,
+}
+
+impl<C> Shared<C> {
+    /// Sends a task event if events are on.
+    fn event(&self, kind: &str, fields: serde_json::Map<String, Value>) {
+        if let Some(ev) = self.events.get() {
+            ev.send(kind, fields);
+        }
+    }
+
+    fn queues(&self) -> Vec<String> {
+        self.state.queues()
+    }
 }
 
 /// A worker. Build with [`Worker::builder`], start with [`Worker::run`].
 pub struct Worker<C> {
     shared: Arc<Shared<C>>,
     concurrency: usize,
-    prefetch: usize,
+    heartbeat_interval: Duration,
     restore_interval: Duration,
     lease_refresh_interval: Duration,
     shutdown_timeout: Duration,
@@ -212,7 +287,7 @@ impl<C> std::fmt::Debug for Worker<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker")
             .field("hostname", &self.shared.hostname)
-            .field("queues", &self.shared.queues)
+            .field("queues", &self.shared.queues())
             .field("concurrency", &self.concurrency)
             .finish_non_exhaustive()
     }
@@ -223,6 +298,7 @@ enum Outcome {
     Finished(std::result::Result<std::result::Result<Value, TaskError>, tokio::task::JoinError>),
     TimeLimit(Duration),
     Requeue,
+    Terminated,
 }
 
 impl<C: Clone + Send + Sync + 'static> Worker<C> {
@@ -249,6 +325,10 @@ impl<C: Clone + Send + Sync + 'static> Worker<C> {
             shutdown_timeout: Duration::from_secs(30),
             fetch_wait: Duration::from_secs(1),
             track_started: false,
+            fanout: None,
+            send_events: true,
+            heartbeat_interval: Duration::from_secs_f64(HEARTBEAT_FREQ),
+            broker_info: Value::Null,
         }
     }
 
@@ -262,8 +342,35 @@ impl<C: Clone + Send + Sync + 'static> Worker<C> {
     /// rest and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let shared = self.shared.clone();
-        shared.broker.declare(&shared.queues).await?;
-        tracing::info!(hostname = %shared.hostname, queues = ?shared.queues, concurrency = self.concurrency, "worker started");
+        shared.broker.declare(&shared.queues()).await?;
+        tracing::info!(hostname = %shared.hostname, queues = ?shared.queues(), concurrency = self.concurrency, "worker started");
+
+        let mut monitor = Vec::new();
+        if let Some(fanout) = shared.fanout.clone() {
+            let events = EventDispatcher::new(fanout.clone(), &shared.hostname, shared.send_events);
+            let _ = shared.events.set(events.clone());
+            let clock = {
+                let events = events.clone();
+                Arc::new(move |seen: Option<u64>| {
+                    if let Some(c) = seen {
+                        events.adjust_clock(c);
+                    }
+                    events.tick()
+                })
+            };
+            let node = Node::new(
+                fanout,
+                &shared.hostname,
+                Arc::new(control::WorkerCommands(shared.clone())),
+                clock,
+            );
+            monitor.push(node.spawn(shared.stop.child_token()).await?);
+            monitor.push(tokio::spawn(heartbeats(
+                shared.clone(),
+                self.heartbeat_interval,
+                "worker-online",
+            )));
+        }
 
         let tracker = TaskTracker::new();
         let housekeeping = tokio::spawn(housekeeping(
@@ -271,14 +378,14 @@ impl<C: Clone + Send + Sync + 'static> Worker<C> {
             self.restore_interval,
             self.lease_refresh_interval,
         ));
-        let fetcher = tokio::spawn(fetch_loop(
-            shared.clone(),
-            tracker.clone(),
-            self.prefetch,
-            self.fetch_wait,
-        ));
+        let fetcher = tokio::spawn(fetch_loop(shared.clone(), tracker.clone(), self.fetch_wait));
 
-        shutdown.await;
+        tokio::select! {
+            _ = shutdown => {}
+            _ = shared.remote_stop.cancelled() => {
+                tracing::warn!("shutdown requested by remote control");
+            }
+        }
         tracing::info!("warm shutdown: no new messages; waiting for running tasks");
         shared.stop.cancel();
         // The grace period counts from the signal, not from when fetching ended.
@@ -299,18 +406,53 @@ impl<C: Clone + Send + Sync + 'static> Worker<C> {
         tracker.wait().await;
         grace.abort();
         housekeeping.abort();
+        for m in monitor {
+            m.abort();
+        }
+        if let Some(ev) = shared.events.get() {
+            ev.close(Duration::from_secs(2)).await;
+            if ev.enabled() {
+                let f = worker_fields(&shared);
+                if let Err(e) = ev.send_now("worker-offline", f).await {
+                    tracing::warn!(error = %e, "worker-offline event not sent");
+                }
+            }
+        }
         tracing::info!("worker stopped");
         Ok(())
+    }
+}
+
+/// The fields of `worker-*` events, as `celery.events.state.Worker` reads them.
+fn worker_fields<C>(shared: &Shared<C>) -> serde_json::Map<String, Value> {
+    fields([
+        ("freq", json!(HEARTBEAT_FREQ)),
+        ("active", json!(shared.state.active_count())),
+        ("processed", json!(shared.state.processed_total())),
+        ("loadavg", loadavg()),
+        ("sw_ident", json!("openthreat")),
+        ("sw_ver", json!(env!("CARGO_PKG_VERSION"))),
+        ("sw_sys", json!(std::env::consts::OS)),
+    ])
+}
+
+/// Sends `first` (`worker-online`) and then a heartbeat every `every`.
+async fn heartbeats<C>(shared: Arc<Shared<C>>, every: Duration, first: &'static str) {
+    shared.event(first, worker_fields(&shared));
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        shared.event("worker-heartbeat", worker_fields(&shared));
     }
 }
 
 async fn fetch_loop<C: Clone + Send + Sync + 'static>(
     shared: Arc<Shared<C>>,
     tracker: TaskTracker,
-    slots: usize,
     wait: Duration,
 ) {
-    let permits = Arc::new(Semaphore::new(slots));
+    let permits = shared.fetch_permits.clone();
     let mut backoff_pause = Duration::from_millis(100);
     loop {
         let first = tokio::select! {
@@ -328,12 +470,18 @@ async fn fetch_loop<C: Clone + Send + Sync + 'static>(
                 Err(_) => break,
             }
         }
+        let queues = shared.queues();
+        if queues.is_empty() {
+            // Every consumer was cancelled: idle until one is added.
+            drop(slots_held);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shared.stop.cancelled() => return,
+            }
+            continue;
+        }
         // Never cancelled mid-flight: a dropped BRPOP could lose a popped message.
-        match shared
-            .broker
-            .fetch(&shared.queues, slots_held.len(), wait)
-            .await
-        {
+        match shared.broker.fetch(&queues, slots_held.len(), wait).await {
             Ok(deliveries) => {
                 if !deliveries.is_empty() {
                     backoff_pause = Duration::from_millis(100);
@@ -411,6 +559,10 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
     let Some(entry) = shared.registry.get(&name) else {
         let reason = format!("unknown task {name:?}");
         tracing::error!(task_id = %id, "{reason}: moved to dead letters");
+        shared.event(
+            "task-rejected",
+            fields([("uuid", json!(id)), ("requeue", json!(false))]),
+        );
         log_err(
             "dead-letter",
             &id,
@@ -460,9 +612,52 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
         started: None,
     });
     let _forget = Forget(&shared.state, &id);
+    shared.event(
+        "task-received",
+        fields([
+            ("uuid", json!(id)),
+            ("name", json!(name)),
+            (
+                "args",
+                json!(msg
+                    .headers
+                    .argsrepr
+                    .clone()
+                    .unwrap_or_else(|| py_repr(&Value::Array(msg.args.clone())))),
+            ),
+            (
+                "kwargs",
+                json!(msg
+                    .headers
+                    .kwargsrepr
+                    .clone()
+                    .unwrap_or_else(|| py_repr(&Value::Object(msg.kwargs.clone())))),
+            ),
+            ("root_id", json!(msg.headers.root_id)),
+            ("parent_id", json!(msg.headers.parent_id)),
+            ("retries", json!(msg.headers.retries)),
+            ("eta", json!(msg.headers.eta.map(|t| t.to_rfc3339()))),
+            (
+                "expires",
+                json!(msg.headers.expires.map(|t| t.to_rfc3339())),
+            ),
+        ]),
+    );
+    let revoked_event = |expired: bool| {
+        shared.event(
+            "task-revoked",
+            fields([
+                ("uuid", json!(id)),
+                ("terminated", json!(false)),
+                ("signum", Value::Null),
+                ("expired", json!(expired)),
+            ]),
+        );
+    };
 
     if shared.state.is_revoked(&id) {
         tracing::info!(task_id = %id, "revoked: discarded");
+        revoked_event(false);
         store(TaskMeta::failed(
             &id,
             State::Revoked,
@@ -475,6 +670,7 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
     }
     if msg.headers.expires.is_some_and(|t| t <= Utc::now()) {
         tracing::info!(task_id = %id, "expired: discarded");
+        revoked_event(true);
         store(TaskMeta::failed(
             &id,
             State::Revoked,
@@ -503,7 +699,13 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
             shared.state.set_reserved(&id);
         }
     }
-    if let Some(bucket) = shared.buckets.get(&name) {
+    let bucket = shared
+        .buckets
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&name)
+        .cloned();
+    if let Some(bucket) = bucket {
         let slot = bucket.reserve();
         tokio::select! {
             _ = tokio::time::sleep_until(slot) => {}
@@ -518,6 +720,17 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
         Err(e) => {
             let reason = format!("bad arguments for {name}: {e}");
             tracing::error!(task_id = %id, "{reason}: moved to dead letters");
+            shared.event(
+                "task-failed",
+                fields([
+                    ("uuid", json!(id)),
+                    (
+                        "exception",
+                        json!(format!("TypeError({})", py_repr(&json!(reason)))),
+                    ),
+                    ("traceback", json!("")),
+                ]),
+            );
             log_err(
                 "dead-letter",
                 &id,
@@ -536,8 +749,19 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
 
     // Limits: the message's own (`timelimit: [hard, soft]`) win over the task's.
     let secs = |s: Option<f64>| s.filter(|s| *s > 0.0).map(Duration::from_secs_f64);
-    let hard = secs(msg.headers.timelimit.0).or(entry.options.time_limit);
-    let soft = secs(msg.headers.timelimit.1).or(entry.options.soft_time_limit);
+    let (set_soft, set_hard) = shared
+        .limits
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&name)
+        .copied()
+        .unwrap_or((None, None));
+    let hard = secs(msg.headers.timelimit.0)
+        .or(set_hard)
+        .or(entry.options.time_limit);
+    let soft = secs(msg.headers.timelimit.1)
+        .or(set_soft)
+        .or(entry.options.soft_time_limit);
 
     let _slot = tokio::select! {
         p = shared.exec.clone().acquire_owned() => match p {
@@ -550,7 +774,11 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
             return;
         }
     };
-    shared.state.start(&id);
+    let terminate = shared.state.start(&id);
+    shared.event(
+        "task-started",
+        fields([("uuid", json!(id)), ("pid", json!(std::process::id()))]),
+    );
     if shared.track_started {
         let info = serde_json::json!({"pid": std::process::id(), "hostname": shared.hostname});
         store(TaskMeta::new(&id, State::Started, info)).await;
@@ -587,7 +815,21 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
                 running.abort();
                 break Outcome::Requeue;
             }
+            _ = terminate.cancelled() => {
+                running.abort();
+                break Outcome::Terminated;
+            }
         }
+    };
+    let failed_event = |f: &Failure| {
+        shared.event(
+            "task-failed",
+            fields([
+                ("uuid", json!(id)),
+                ("exception", json!(exception_repr(f))),
+                ("traceback", json!("")),
+            ]),
+        );
     };
     let runtime = started.elapsed();
 
@@ -597,8 +839,30 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
             log_err("requeue", &id, broker.requeue(&delivery).await);
             return;
         }
+        Outcome::Terminated => {
+            tracing::warn!(task_id = %id, task = %name, "terminated by revoke");
+            shared.event(
+                "task-revoked",
+                fields([
+                    ("uuid", json!(id)),
+                    ("terminated", json!(true)),
+                    ("signum", json!(15)),
+                    ("expired", json!(false)),
+                ]),
+            );
+            let f = Failure::new("celery.exceptions.TaskRevokedError", "terminated");
+            store(TaskMeta::failed(&id, State::Revoked, &f, None)).await
+        }
         Outcome::Finished(Ok(Ok(value))) => {
             tracing::info!(task_id = %id, task = %name, ?runtime, "succeeded");
+            shared.event(
+                "task-succeeded",
+                fields([
+                    ("uuid", json!(id)),
+                    ("result", json!(truncate(py_repr(&value), 1024))),
+                    ("runtime", json!(runtime.as_secs_f64())),
+                ]),
+            );
             store(TaskMeta::new(&id, State::Success, value)).await
         }
         Outcome::Finished(Ok(Err(TaskError::Retry { countdown, failure })))
@@ -618,6 +882,14 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
                 tracing::error!(task_id = %id, error = %e, "could not publish retry");
                 return;
             }
+            shared.event(
+                "task-retried",
+                fields([
+                    ("uuid", json!(id)),
+                    ("exception", json!(exception_repr(&failure))),
+                    ("traceback", json!("")),
+                ]),
+            );
             // The retry message exists now: ack the original whatever the store does.
             store(TaskMeta::failed(&id, State::Retry, &failure, None)).await;
             true
@@ -626,6 +898,7 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
             Err(TaskError::Retry { failure, .. }) | Err(TaskError::Fail(failure)),
         )) => {
             tracing::error!(task_id = %id, task = %name, exc = %failure.exc_type, reason = %failure.message, "failed");
+            failed_event(&failure);
             store(TaskMeta::failed(&id, State::Failure, &failure, None)).await
         }
         Outcome::Finished(Err(join)) => {
@@ -639,6 +912,7 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
             };
             tracing::error!(task_id = %id, task = %name, panic = %what, "task panicked");
             let f = Failure::new("RuntimeError", format!("task panicked: {what}"));
+            failed_event(&f);
             store(TaskMeta::failed(&id, State::Failure, &f, None)).await
         }
         Outcome::TimeLimit(limit) => {
@@ -647,6 +921,7 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
                 "billiard.exceptions.TimeLimitExceeded",
                 format!("TimeLimitExceeded({})", limit.as_secs_f64()),
             );
+            failed_event(&f);
             store(TaskMeta::failed(&id, State::Failure, &f, None)).await
         }
     };
@@ -667,5 +942,78 @@ struct Forget<'a>(&'a WorkerState, &'a str);
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
         self.0.forget(self.1);
+    }
+}
+
+/// Python's `repr` of a JSON value, as Celery puts results and exceptions in
+/// events (`{'a': 1, 'ok': True}`), so monitors show what Python would.
+fn py_repr(v: &Value) -> String {
+    match v {
+        Value::Null => "None".into(),
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => {
+            let mut out = String::with_capacity(s.len() + 2);
+            out.push('\'');
+            for c in s.chars() {
+                match c {
+                    '\'' => out.push_str("\\'"),
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+                    c => out.push(c),
+                }
+            }
+            out.push('\'');
+            out
+        }
+        Value::Array(a) => format!("[{}]", a.iter().map(py_repr).collect::<Vec<_>>().join(", ")),
+        Value::Object(m) => format!(
+            "{{{}}}",
+            m.iter()
+                .map(|(k, v)| format!("{}: {}", py_repr(&Value::String(k.clone())), py_repr(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// `ValueError('boom')`: the exception as Celery's events show it.
+fn exception_repr(f: &Failure) -> String {
+    format!(
+        "{}({})",
+        f.exc_type,
+        py_repr(&Value::String(f.message.clone()))
+    )
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_repr() {
+        assert_eq!(
+            py_repr(&json!({"a": [1, true, null], "b": "it's"})),
+            r#"{'a': [1, True, None], 'b': 'it\'s'}"#
+        );
+        let f = Failure::new("builtins.ValueError", "bad\nvalue");
+        assert_eq!(exception_repr(&f), r#"ValueError('bad\nvalue')"#);
+        assert_eq!(truncate("ééé".into(), 3), "é...");
     }
 }

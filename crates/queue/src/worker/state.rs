@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use crate::broker::Delivery;
 
@@ -71,7 +72,10 @@ enum Phase {
 
 #[derive(Debug, Default)]
 struct Inner {
+    queues: Vec<String>,
     requests: HashMap<String, (Phase, RequestInfoSnapshot)>,
+    /// Running requests' kill switches, for `revoke --terminate`.
+    terminators: HashMap<String, CancellationToken>,
     deliveries: HashMap<String, Delivery>,
     processed: BTreeMap<String, u64>,
     revoked: HashSet<String>,
@@ -81,7 +85,6 @@ struct Inner {
 #[derive(Debug)]
 pub struct WorkerState {
     hostname: String,
-    queues: Vec<String>,
     registered: Vec<String>,
     started_at: DateTime<Utc>,
     inner: Mutex<Inner>,
@@ -91,10 +94,12 @@ impl WorkerState {
     pub(crate) fn new(hostname: String, queues: Vec<String>, registered: Vec<String>) -> Self {
         WorkerState {
             hostname,
-            queues,
             registered,
             started_at: Utc::now(),
-            inner: Mutex::default(),
+            inner: Mutex::new(Inner {
+                queues,
+                ..Inner::default()
+            }),
         }
     }
 
@@ -112,6 +117,57 @@ impl WorkerState {
     /// Whether `task_id` was revoked.
     pub fn is_revoked(&self, task_id: &str) -> bool {
         self.lock().revoked.contains(task_id)
+    }
+
+    /// Revokes `task_id` and, if it is running here, aborts it. Returns
+    /// whether a running task was terminated.
+    pub fn terminate(&self, task_id: &str) -> bool {
+        let mut inner = self.lock();
+        inner.revoked.insert(task_id.to_owned());
+        match inner.terminators.get(task_id) {
+            Some(t) => {
+                t.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Queues consumed now (they change with `add_consumer`/`cancel_consumer`).
+    pub fn queues(&self) -> Vec<String> {
+        self.lock().queues.clone()
+    }
+
+    /// Starts consuming `queue`; false if it already was.
+    pub(crate) fn add_queue(&self, queue: &str) -> bool {
+        let mut inner = self.lock();
+        if inner.queues.iter().any(|q| q == queue) {
+            return false;
+        }
+        inner.queues.push(queue.to_owned());
+        true
+    }
+
+    /// Stops consuming `queue`; false if it was not consumed.
+    pub(crate) fn cancel_queue(&self, queue: &str) -> bool {
+        let mut inner = self.lock();
+        let before = inner.queues.len();
+        inner.queues.retain(|q| q != queue);
+        inner.queues.len() != before
+    }
+
+    /// Number of running tasks.
+    pub fn active_count(&self) -> usize {
+        self.lock()
+            .requests
+            .values()
+            .filter(|(p, _)| *p == Phase::Active)
+            .count()
+    }
+
+    /// Finished runs, all tasks together.
+    pub fn processed_total(&self) -> u64 {
+        self.lock().processed.values().sum()
     }
 
     /// The worker's hostname.
@@ -134,7 +190,7 @@ impl WorkerState {
         };
         StateSnapshot {
             hostname: self.hostname.clone(),
-            queues: self.queues.clone(),
+            queues: inner.queues.clone(),
             registered: self.registered.clone(),
             active: by(Phase::Active),
             reserved: by(Phase::Reserved),
@@ -175,15 +231,35 @@ impl WorkerState {
         }
     }
 
-    pub(crate) fn start(&self, id: &str) {
-        if let Some(e) = self.lock().requests.get_mut(id) {
+    /// Marks `id` running; the returned token fires on `revoke --terminate`.
+    pub(crate) fn start(&self, id: &str) -> CancellationToken {
+        let token = CancellationToken::new();
+        let mut inner = self.lock();
+        if let Some(e) = inner.requests.get_mut(id) {
             e.0 = Phase::Active;
             e.1.started = Some(Utc::now());
         }
+        inner.terminators.insert(id.to_owned(), token.clone());
+        token
     }
 
     pub(crate) fn forget(&self, id: &str) {
-        self.lock().requests.remove(id);
+        let mut inner = self.lock();
+        inner.requests.remove(id);
+        inner.terminators.remove(id);
+    }
+
+    /// Where `id` is on this worker: `active`, `reserved` or `scheduled`.
+    pub fn query(&self, id: &str) -> Option<(&'static str, RequestInfoSnapshot)> {
+        let inner = self.lock();
+        inner.requests.get(id).map(|(p, r)| {
+            let phase = match p {
+                Phase::Active => "active",
+                Phase::Reserved => "reserved",
+                Phase::Scheduled => "scheduled",
+            };
+            (phase, r.clone())
+        })
     }
 
     pub(crate) fn count_processed(&self, name: &str) {

@@ -11,6 +11,7 @@ use openthreat_queue::backend::redis::RedisBackend;
 use openthreat_queue::backend::sqlite::SqliteBackend;
 use openthreat_queue::broker::redis::RedisBroker;
 use openthreat_queue::broker::sqlite::SqliteBroker;
+use openthreat_queue::control::{Fanout, RedisFanout, SqliteFanout};
 use openthreat_queue::worker::WorkerBuilder;
 use openthreat_queue::{
     Broker, Producer, ResultBackend, Task, TaskContext, TaskError, Worker, WorkerState,
@@ -84,6 +85,8 @@ pub struct Env {
     /// Redis key prefix (empty on SQLite).
     pub prefix: String,
     pub kind: &'static str,
+    /// Events and remote control on the same broker.
+    pub fanout: Arc<dyn Fanout>,
     /// A URL for [`openthreat_queue::connect_broker`] reaching the same queues
     /// (with this env's visibility timeout), for child processes.
     pub url: String,
@@ -109,10 +112,13 @@ impl Env {
                 .unwrap()
                 .with_prefix(&prefix),
         );
+        let fanout: Arc<dyn Fanout> =
+            Arc::new(RedisFanout::connect(REDIS_URL, &prefix).await.unwrap());
         Some(Env {
             producer: Producer::new(broker.clone(), backend.clone()),
             broker,
             backend,
+            fanout,
             queue: unique("q"),
             url: format!(
                 "{REDIS_URL}?global_keyprefix={prefix}&visibility_timeout={}",
@@ -135,10 +141,12 @@ impl Env {
                 .with_poll_interval(Duration::from_millis(20)),
         );
         let backend: Arc<dyn ResultBackend> = Arc::new(SqliteBackend::connect(&url).await.unwrap());
+        let fanout: Arc<dyn Fanout> = Arc::new(SqliteFanout::connect(&url).await.unwrap());
         Env {
             producer: Producer::new(broker.clone(), backend.clone()),
             broker,
             backend,
+            fanout,
             queue: unique("q"),
             prefix: String::new(),
             kind: "sqlite",
@@ -165,6 +173,14 @@ impl Env {
             .register::<Stuck>()
             .register::<Limited>()
             .register::<Record>()
+            .register::<Hold>()
+    }
+
+    /// [`Env::worker`] answering remote control and sending events.
+    pub fn monitored_worker(&self, ctx: Ctx) -> WorkerBuilder<Ctx> {
+        self.worker(ctx)
+            .fanout(self.fanout.clone())
+            .heartbeat_interval(Duration::from_millis(300))
     }
 
     /// This env's queue, as the slice broker calls take.
@@ -217,6 +233,11 @@ impl Running {
             stop: Some(tx),
             handle,
         }
+    }
+
+    /// Whether the worker's `run` returned (e.g. after a remote shutdown).
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
     }
 
     pub async fn stop(mut self) {
@@ -416,5 +437,22 @@ impl Task for SlowAdd {
     async fn run(self, _ctx: TaskContext<Ctx>) -> Result<i64, TaskError> {
         tokio::time::sleep(Duration::from_millis(self.ms)).await;
         Ok(self.a + self.b)
+    }
+}
+
+/// Runs for `ms` whatever happens (no limits): something to see in `inspect active`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Hold {
+    pub ms: u64,
+}
+
+impl Task for Hold {
+    const NAME: &'static str = "tests.hold";
+    const ARGS: &'static [&'static str] = &["ms"];
+    type Context = Ctx;
+    type Output = u64;
+    async fn run(self, _ctx: TaskContext<Ctx>) -> Result<u64, TaskError> {
+        tokio::time::sleep(Duration::from_millis(self.ms)).await;
+        Ok(self.ms)
     }
 }

@@ -7,6 +7,7 @@
   client.py sendmany QUEUE NAME JSON  where JSON is [[args, priority], ...]
   client.py lose QUEUE     consume one message without acking, then die
   client.py restore        run kombu's restore of expired unacked messages once
+  client.py http URL       GET URL, print its JSON body on one line ({"error": ...} on failure)
 """
 import json
 import os
@@ -44,5 +45,12 @@ elif cmd == "restore":
     with app.connection_for_write() as conn:
         conn.default_channel.qos.restore_visible(num=100, interval=1)
     print(json.dumps({"restored": True}), flush=True)
+elif cmd == "http":
+    import urllib.request
+    try:
+        with urllib.request.urlopen(sys.argv[2], timeout=10) as r:
+            print(json.dumps(json.loads(r.read().decode())), flush=True)
+    except Exception as e:  # noqa: BLE001 - the test retries
+        print(json.dumps({"error": str(e)}), flush=True)
 else:
     sys.exit(f"unknown command {cmd}")

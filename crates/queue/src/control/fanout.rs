@@ -1,0 +1,469 @@
+//! Broadcast and reply transport for events and remote control.
+//!
+//! On Redis this is kombu's layout, so Python's `celery events`, `celery
+//! inspect` and Flower share it with us: a fanout exchange is a pub/sub
+//! channel `/{db}.<exchange>[/<routing_key>]` (plus `global_keyprefix`),
+//! subscribers use `PSUBSCRIBE`; a reply goes to a direct exchange, i.e. it is
+//! `LPUSH`ed to every queue in the set `_kombu.binding.<exchange>` bound with
+//! its routing key. On SQLite the same roles are played by two tables that
+//! subscribers poll, so `openthreat inspect` in one terminal reaches the
+//! worker of `openthreat run` in another without any service.
+
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt as _;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client};
+use sqlx::SqlitePool;
+use tokio::sync::{mpsc, Mutex};
+
+use crate::error::Result;
+
+/// kombu's separator inside binding-set members.
+const SEP: &str = "\x06\x16";
+
+/// Messages buffered per subscriber before the oldest are dropped (events are
+/// lossy by design; a slow monitor must not hold up a worker).
+const SUBSCRIBER_BUFFER: usize = 4096;
+
+/// How fanout messages are carried. See the module docs.
+#[async_trait]
+pub trait Fanout: Send + Sync + Debug + 'static {
+    /// Broadcasts the encoded envelope `raw` to every current subscriber of
+    /// `exchange`. Nobody listening is not an error.
+    async fn publish(&self, exchange: &str, routing_key: &str, raw: &str) -> Result<()>;
+    /// Receives, from now on, everything published on `exchange` whatever the
+    /// routing key. The subscription is active when this returns.
+    async fn subscribe(&self, exchange: &str) -> Result<Subscription>;
+    /// Binds `queue` to the direct `exchange` with `routing_key`, so that
+    /// [`Fanout::send_direct`] (ours or kombu's) reaches it.
+    async fn bind(&self, exchange: &str, routing_key: &str, queue: &str) -> Result<()>;
+    /// Removes the binding and the queue.
+    async fn unbind(&self, exchange: &str, routing_key: &str, queue: &str) -> Result<()>;
+    /// Delivers `raw` to the queues bound to `exchange` with `routing_key`;
+    /// returns how many queues got it.
+    async fn send_direct(&self, exchange: &str, routing_key: &str, raw: &str) -> Result<usize>;
+    /// Takes the oldest message of `queue`, waiting up to `wait`.
+    async fn pop(&self, queue: &str, wait: Duration) -> Result<Option<String>>;
+}
+
+/// A live subscription: encoded envelopes, in order. Ends when the transport
+/// gives up for good.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: mpsc::Receiver<String>,
+}
+
+impl Subscription {
+    /// The next message, or `None` when the subscription ended.
+    pub async fn recv(&mut self) -> Option<String> {
+        self.rx.recv().await
+    }
+
+    /// As a `Stream`.
+    pub fn into_stream(self) -> impl futures::Stream<Item = String> + Send + Unpin {
+        Box::pin(futures::stream::unfold(self.rx, |mut rx| async move {
+            rx.recv().await.map(|v| (v, rx))
+        }))
+    }
+}
+
+/// Redis fanout in kombu's layout.
+pub struct RedisFanout {
+    client: Client,
+    conn: ConnectionManager,
+    blocking: Mutex<Option<MultiplexedConnection>>,
+    prefix: String,
+    db: i64,
+}
+
+impl Debug for RedisFanout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisFanout")
+            .field("prefix", &self.prefix)
+            .field("db", &self.db)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisFanout {
+    /// Connects to `url`; `prefix` is kombu's `global_keyprefix`.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self> {
+        let client = Client::open(url)?;
+        let db = client.get_connection_info().redis_settings().db();
+        let cfg = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(10)))
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        let conn = client.get_connection_manager_with_config(cfg).await?;
+        Ok(RedisFanout {
+            client,
+            conn,
+            blocking: Mutex::new(None),
+            prefix: prefix.to_owned(),
+            db,
+        })
+    }
+
+    /// kombu's `_get_publish_topic`, with the global prefix its pub/sub client adds.
+    fn topic(&self, exchange: &str, routing_key: &str) -> String {
+        if routing_key.is_empty() {
+            format!("{}/{}.{exchange}", self.prefix, self.db)
+        } else {
+            format!("{}/{}.{exchange}/{routing_key}", self.prefix, self.db)
+        }
+    }
+
+    fn binding_key(&self, exchange: &str) -> String {
+        format!("{}_kombu.binding.{exchange}", self.prefix)
+    }
+
+    async fn blocking_conn(&self) -> Result<MultiplexedConnection> {
+        let mut guard = self.blocking.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let cfg = AsyncConnectionConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        let c = self
+            .client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await?;
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn open_pubsub(client: &Client, patterns: &[String]) -> Result<redis::aio::PubSub> {
+        let mut ps = client.get_async_pubsub().await?;
+        for p in patterns {
+            ps.psubscribe(p).await?;
+        }
+        Ok(ps)
+    }
+}
+
+#[async_trait]
+impl Fanout for RedisFanout {
+    async fn publish(&self, exchange: &str, routing_key: &str, raw: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PUBLISH")
+            .arg(self.topic(exchange, routing_key))
+            .arg(raw)
+            .query_async::<i64>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, exchange: &str) -> Result<Subscription> {
+        // Both forms: kombu publishes without a routing key as the bare topic.
+        let base = self.topic(exchange, "");
+        let patterns = vec![base.clone(), format!("{base}/*")];
+        let first = Self::open_pubsub(&self.client, &patterns).await?;
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let mut ps = Some(first);
+            let mut pause = Duration::from_millis(100);
+            loop {
+                if let Some(p) = ps.take() {
+                    let mut stream = p.into_on_message();
+                    while let Some(msg) = stream.next().await {
+                        let Ok(payload) = msg.get_payload::<String>() else {
+                            continue;
+                        };
+                        match tx.try_send(payload) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                tracing::debug!("fanout subscriber is slow: message dropped");
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => return,
+                        }
+                    }
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tracing::warn!("fanout subscription lost; reconnecting");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+                match Self::open_pubsub(&client, &patterns).await {
+                    Ok(p) => {
+                        ps = Some(p);
+                        pause = Duration::from_millis(100);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "fanout resubscribe failed"),
+                }
+            }
+        });
+        Ok(Subscription { rx })
+    }
+
+    async fn bind(&self, exchange: &str, routing_key: &str, queue: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("SADD")
+            .arg(self.binding_key(exchange))
+            .arg(format!("{routing_key}{SEP}{SEP}{queue}"))
+            .query_async::<i64>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn unbind(&self, exchange: &str, routing_key: &str, queue: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .cmd("SREM")
+            .arg(self.binding_key(exchange))
+            .arg(format!("{routing_key}{SEP}{SEP}{queue}"))
+            .ignore()
+            .cmd("DEL")
+            .arg(format!("{}{queue}", self.prefix))
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn send_direct(&self, exchange: &str, routing_key: &str, raw: &str) -> Result<usize> {
+        let mut conn = self.conn.clone();
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.binding_key(exchange))
+            .query_async(&mut conn)
+            .await?;
+        let queues: Vec<String> = members
+            .iter()
+            .filter_map(|m| {
+                let mut parts = m.split(SEP);
+                let rk = parts.next()?;
+                let _pattern = parts.next()?;
+                let q = parts.next()?;
+                (rk == routing_key).then(|| q.to_owned())
+            })
+            .collect();
+        if queues.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        for q in &queues {
+            pipe.cmd("LPUSH")
+                .arg(format!("{}{q}", self.prefix))
+                .arg(raw)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(queues.len())
+    }
+
+    async fn pop(&self, queue: &str, wait: Duration) -> Result<Option<String>> {
+        let mut conn = self.blocking_conn().await?;
+        let secs = wait.as_secs_f64().max(0.01);
+        let r: Option<(String, String)> = redis::cmd("BRPOP")
+            .arg(format!("{}{queue}", self.prefix))
+            .arg(secs)
+            .query_async(&mut conn)
+            .await?;
+        Ok(r.map(|(_, v)| v))
+    }
+}
+
+const SQLITE_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS queue_fanout (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    exchange TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS queue_direct (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queue_direct_queue ON queue_direct (queue, id);
+CREATE TABLE IF NOT EXISTS queue_direct_bindings (
+    exchange TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (exchange, routing_key, queue)
+);
+";
+
+/// How long broadcast rows are kept: long enough for every poller to see
+/// them, short enough that the table stays small.
+const SQLITE_FANOUT_KEEP: f64 = 60.0;
+/// How often subscribers and `pop` look for new rows.
+const SQLITE_POLL: Duration = Duration::from_millis(50);
+/// Reply queues nobody collected are removed after this long.
+const SQLITE_DIRECT_KEEP: f64 = 300.0;
+
+/// SQLite fanout: polled tables in the queue's database file.
+#[derive(Debug)]
+pub struct SqliteFanout {
+    pool: SqlitePool,
+    published: AtomicU64,
+}
+
+fn now() -> f64 {
+    chrono::Utc::now().timestamp_micros() as f64 / 1e6
+}
+
+impl SqliteFanout {
+    /// Opens the file behind `url` (`sqlite:path`) and creates the tables.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let pool = crate::broker::sqlite::open(url).await?;
+        sqlx::raw_sql(SQLITE_SCHEMA).execute(&pool).await?;
+        Ok(SqliteFanout {
+            pool,
+            published: AtomicU64::new(0),
+        })
+    }
+
+    async fn prune(&self) -> Result<()> {
+        let t = now();
+        sqlx::query("DELETE FROM queue_fanout WHERE at < ?")
+            .bind(t - SQLITE_FANOUT_KEEP)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM queue_direct WHERE at < ?")
+            .bind(t - SQLITE_DIRECT_KEEP)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM queue_direct_bindings WHERE at < ?")
+            .bind(t - SQLITE_DIRECT_KEEP)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Fanout for SqliteFanout {
+    async fn publish(&self, exchange: &str, routing_key: &str, raw: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO queue_fanout (exchange, routing_key, payload, at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(exchange)
+        .bind(routing_key)
+        .bind(raw)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        if self
+            .published
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(500)
+        {
+            self.prune().await?;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, exchange: &str) -> Result<Subscription> {
+        let mut last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM queue_fanout")
+            .fetch_one(&self.pool)
+            .await?;
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+        let pool = self.pool.clone();
+        let exchange = exchange.to_owned();
+        tokio::spawn(async move {
+            loop {
+                if tx.is_closed() {
+                    return;
+                }
+                let rows: std::result::Result<Vec<(i64, String)>, _> = sqlx::query_as(
+                    "SELECT id, payload FROM queue_fanout WHERE id > ? AND exchange = ? ORDER BY id LIMIT 1000",
+                )
+                .bind(last)
+                .bind(&exchange)
+                .fetch_all(&pool)
+                .await;
+                match rows {
+                    Ok(rows) => {
+                        let full = rows.len() == 1000;
+                        for (id, payload) in rows {
+                            last = id;
+                            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(payload)
+                            {
+                                return;
+                            }
+                        }
+                        if full {
+                            continue;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "fanout poll failed"),
+                }
+                tokio::time::sleep(SQLITE_POLL).await;
+            }
+        });
+        Ok(Subscription { rx })
+    }
+
+    async fn bind(&self, exchange: &str, routing_key: &str, queue: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO queue_direct_bindings (exchange, routing_key, queue, at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(exchange)
+        .bind(routing_key)
+        .bind(queue)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn unbind(&self, exchange: &str, routing_key: &str, queue: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM queue_direct_bindings WHERE exchange = ? AND routing_key = ? AND queue = ?",
+        )
+        .bind(exchange)
+        .bind(routing_key)
+        .bind(queue)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM queue_direct WHERE queue = ?")
+            .bind(queue)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn send_direct(&self, exchange: &str, routing_key: &str, raw: &str) -> Result<usize> {
+        let r = sqlx::query(
+            "INSERT INTO queue_direct (queue, payload, at)
+             SELECT queue, ?, ? FROM queue_direct_bindings WHERE exchange = ? AND routing_key = ?",
+        )
+        .bind(raw)
+        .bind(now())
+        .bind(exchange)
+        .bind(routing_key)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() as usize)
+    }
+
+    async fn pop(&self, queue: &str, wait: Duration) -> Result<Option<String>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let row: Option<String> = sqlx::query_scalar(
+                "DELETE FROM queue_direct WHERE id = (SELECT id FROM queue_direct WHERE queue = ? ORDER BY id LIMIT 1) RETURNING payload",
+            )
+            .bind(queue)
+            .fetch_optional(&self.pool)
+            .await?;
+            if row.is_some() {
+                return Ok(row);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(SQLITE_POLL).await;
+        }
+    }
+}
