@@ -2,15 +2,17 @@
 //! (Celery protocol v2 messages on the configured broker), its result backend,
 //! the beat schedule in force, and the workers this process can see.
 //!
-//! Workers: a worker running in this process (`openthreat run`) is seen
-//! through its [`WorkerState`]. Workers in other processes answer only to
-//! Celery remote control (`inspect ping/stats` over the pidbox); until the
-//! queue crate offers an inspect client, they are not listed, and
-//! `/tasks/workers/status` says `no_workers` rather than guessing.
+//! Workers: every worker that answers Celery remote control (`inspect stats`,
+//! `registered`, `active` over the pidbox) within a second is listed, ours
+//! and Python Celery's alike, on any machine sharing the broker. A worker
+//! running in this process is also seen directly through its
+//! [`WorkerState`], so it is listed even when it has no event transport.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use openthreat_queue::beat::Entry;
+use openthreat_queue::control::{Broadcast, Fanout, Mailbox};
 use openthreat_queue::{Broker, Producer, ResultBackend, SendOptions, State, WorkerState};
 use serde_json::Value;
 
@@ -29,7 +31,12 @@ pub struct QueueGateway {
     backend: Arc<dyn ResultBackend>,
     schedule: Vec<Entry>,
     workers: Vec<Arc<WorkerState>>,
+    fanout: Option<Arc<dyn Fanout>>,
 }
+
+/// How long `/tasks/workers/status` waits for remote-control replies
+/// (Celery's default inspect timeout).
+const INSPECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl QueueGateway {
     /// A gateway over `broker` and `backend`, reporting `schedule` (the
@@ -45,7 +52,27 @@ impl QueueGateway {
             backend,
             schedule,
             workers: Vec::new(),
+            fanout: None,
         }
+    }
+
+    /// Lists the workers that answer remote control over `fanout`.
+    pub fn with_fanout(mut self, fanout: Arc<dyn Fanout>) -> Self {
+        self.fanout = Some(fanout);
+        self
+    }
+
+    /// Asks every worker `method`; `(hostname, reply)` pairs.
+    async fn inspect(&self, method: &str) -> Result<Vec<(String, Value)>, GatewayError> {
+        let Some(fanout) = &self.fanout else {
+            return Ok(Vec::new());
+        };
+        let mut b = Broadcast::new(method);
+        b.timeout = INSPECT_TIMEOUT;
+        Mailbox::new(fanout.clone())
+            .broadcast(&b)
+            .await
+            .map_err(unavailable)
     }
 
     /// Also reports a worker running in this process.
@@ -148,9 +175,37 @@ impl TaskGateway for QueueGateway {
     }
 
     async fn workers(&self) -> Result<Vec<WorkerInfo>, GatewayError> {
-        Ok(self
+        let (stats, registered, active) = tokio::try_join!(
+            self.inspect("stats"),
+            self.inspect("registered"),
+            self.inspect("active")
+        )?;
+        let find = |list: &[(String, Value)], name: &str| {
+            list.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+        };
+        let mut out: Vec<WorkerInfo> = stats
+            .iter()
+            .map(|(name, stats)| WorkerInfo {
+                name: name.clone(),
+                active_tasks: find(&active, name)
+                    .and_then(|a| a.as_array().map(|a| a.len() as u64))
+                    .unwrap_or(0),
+                registered_tasks: find(&registered, name)
+                    .and_then(|r| {
+                        r.as_array().map(|a| {
+                            a.iter()
+                                .filter_map(|t| t.as_str().map(str::to_owned))
+                                .collect()
+                        })
+                    })
+                    .unwrap_or_default(),
+                stats: stats.clone(),
+            })
+            .collect();
+        let local = self
             .workers
             .iter()
+            .filter(|w| !out.iter().any(|o| o.name == w.hostname()))
             .map(|w| {
                 let s = w.snapshot();
                 WorkerInfo {
@@ -166,7 +221,10 @@ impl TaskGateway for QueueGateway {
                     }),
                 }
             })
-            .collect())
+            .collect::<Vec<_>>();
+        out.extend(local);
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 
     async fn scheduled(&self) -> Result<Vec<ScheduledEntry>, GatewayError> {

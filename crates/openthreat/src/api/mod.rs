@@ -391,7 +391,16 @@ pub async fn state_from_config(
     let store = crate::runtime::open_store(config).await?;
     let broker = crate::runtime::open_broker(config).await?;
     let backend = crate::runtime::open_backend(config).await?;
-    state_with(config, store, broker, backend, schedule, local_worker)
+    let fanout = crate::runtime::open_fanout(config).await?;
+    state_with(
+        config,
+        store,
+        broker,
+        backend,
+        Some(fanout),
+        schedule,
+        local_worker,
+    )
 }
 
 /// The API's state over handles the caller already opened (as `openthreat
@@ -401,10 +410,14 @@ pub fn state_with(
     store: Arc<dyn openthreat_store::Store>,
     broker: Arc<dyn openthreat_queue::Broker>,
     backend: Arc<dyn openthreat_queue::ResultBackend>,
+    fanout: Option<Arc<dyn openthreat_queue::control::Fanout>>,
     schedule: Vec<openthreat_queue::beat::Entry>,
     local_worker: Option<Arc<openthreat_queue::WorkerState>>,
 ) -> anyhow::Result<AppState> {
     let mut gateway = gateway::QueueGateway::new(broker, backend, schedule);
+    if let Some(fanout) = fanout {
+        gateway = gateway.with_fanout(fanout);
+    }
     if let Some(worker) = local_worker {
         gateway = gateway.with_local_worker(worker);
     }

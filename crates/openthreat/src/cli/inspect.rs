@@ -86,6 +86,7 @@ pub struct ControlArgs {
 }
 
 #[derive(Debug, clap::Subcommand)]
+#[command(rename_all = "snake_case")]
 enum ControlCommand {
     /// Revoke tasks: they will not run; with --terminate, running ones are aborted.
     Revoke {

@@ -114,6 +114,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         store,
         broker.clone(),
         backend.clone(),
+        Some(runtime::open_fanout(config).await?),
         entries.clone(),
         Some(worker.state()),
     )?;
