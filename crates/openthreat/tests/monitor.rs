@@ -853,3 +853,35 @@ fn dump_lines_follow_celery_events_dump() {
     assert!(!f.contains('\n') && f.contains("\\n"), "{f}");
     assert!(dump_line(&json!(42)).starts_with("-> unreadable event"));
 }
+
+#[tokio::test]
+async fn run_view_dumps_lines_or_draws_the_view_until_the_stream_ends() {
+    let ts = 1_764_100_000.0;
+    let events = vec![
+        worker_online("celery@a", ts, 2.0),
+        received("celery@a", ts, "e1", "tasks.process_new_cves"),
+        succeeded("celery@a", ts + 1.0, "e1", 0.5),
+    ];
+    let mut out = Vec::new();
+    openthreat::cli::events::run_view(futures::stream::iter(events.clone()), true, &mut out)
+        .await
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert_eq!(lines[0], "-> evdump: starting capture...");
+    assert!(lines[1].starts_with("celery@a [2025-11-25 19:46:40+00:00] started: "));
+    assert!(
+        lines[3].contains("task succeeded: tasks.process_new_cves(e1)"),
+        "{text}"
+    );
+
+    let mut out = Vec::new();
+    openthreat::cli::events::run_view(futures::stream::iter(events), false, &mut out)
+        .await
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let last_frame = text.rsplit("\x1b[H\x1b[2J").next().unwrap();
+    assert!(last_frame.contains("celery@a"), "{text}");
+    assert!(last_frame.contains("tasks.process_new_cves"), "{text}");
+}
