@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// A configuration problem, named by its variable so the operator knows what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +82,12 @@ pub struct Config {
     pub api_key: Option<Secret>,
     /// HTTP bind address.
     pub bind: String,
+    /// Where failure alerts are POSTed (`OPENTHREAT_ALERT_WEBHOOK`); such URLs
+    /// usually carry a token in their path or query, so the whole URL is a secret.
+    pub alert_webhook: Option<Secret>,
+    /// Shortest time between two alert POSTs (`OPENTHREAT_ALERT_INTERVAL`,
+    /// seconds, default 10), so a storm of failures becomes one summary.
+    pub alert_interval: Duration,
     /// All raw variables, for crates that read their own (the LLM config).
     pub env: HashMap<String, String>,
 }
@@ -170,6 +177,35 @@ impl Config {
                 problem: format!("{bind:?} is not an address like 127.0.0.1:8001"),
             });
         }
+        let alert_webhook = match get("OPENTHREAT_ALERT_WEBHOOK") {
+            Some(url) => {
+                // Checked here without echoing the value: a token may be in any part of it.
+                let ok = url::Url::parse(&url)
+                    .map(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+                    .unwrap_or(false);
+                if !ok {
+                    return Err(ConfigError::Invalid {
+                        var: "OPENTHREAT_ALERT_WEBHOOK",
+                        problem: "is not an http:// or https:// URL (value not shown: it may hold a token)".into(),
+                    });
+                }
+                Some(Secret::new(url))
+            }
+            None => None,
+        };
+        let alert_interval = match get("OPENTHREAT_ALERT_INTERVAL") {
+            Some(v) => v
+                .trim_end_matches('s')
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=86_400).contains(n))
+                .map(Duration::from_secs)
+                .ok_or_else(|| ConfigError::Invalid {
+                    var: "OPENTHREAT_ALERT_INTERVAL",
+                    problem: format!("{v:?} is not a number of seconds from 1 to 86400"),
+                })?,
+            None => Duration::from_secs(10),
+        };
         Ok(Config {
             database_url,
             redis_url,
@@ -209,6 +245,8 @@ impl Config {
                 .unwrap_or_else(|| "https://epss.cyentia.com/epss_scores-current.csv.gz".into()),
             api_key: get("OPENTHREAT_API_KEY").map(Secret::new),
             bind,
+            alert_webhook,
+            alert_interval,
             env,
         })
     }
@@ -239,6 +277,8 @@ impl fmt::Debug for Config {
             .field("epss_url", &self.epss_url)
             .field("api_key", &self.api_key)
             .field("bind", &self.bind)
+            .field("alert_webhook", &self.alert_webhook)
+            .field("alert_interval", &self.alert_interval)
             .finish_non_exhaustive()
     }
 }
@@ -397,6 +437,30 @@ mod tests {
             "{debug}"
         );
         assert!(debug.contains("redis://:***@cache:6379/0"), "{debug}");
+    }
+
+    #[test]
+    fn alert_webhook_is_a_secret_and_its_errors_do_not_echo_it() {
+        let c = cfg(&[(
+            "OPENTHREAT_ALERT_WEBHOOK",
+            "https://hooks.example.com/services/s3cret-token",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.alert_webhook.as_ref().map(Secret::expose),
+            Some("https://hooks.example.com/services/s3cret-token")
+        );
+        assert_eq!(c.alert_interval, Duration::from_secs(10));
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        let err = cfg(&[("OPENTHREAT_ALERT_WEBHOOK", "ftp://h/s3cret-token")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("OPENTHREAT_ALERT_WEBHOOK"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        let c = cfg(&[("OPENTHREAT_ALERT_INTERVAL", "30")]).unwrap();
+        assert_eq!(c.alert_interval, Duration::from_secs(30));
+        assert!(cfg(&[("OPENTHREAT_ALERT_INTERVAL", "0")]).is_err());
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! * [`doctor`]: the health checks behind `openthreat doctor` (and later `/health`).
 //! * [`ingest`]: the ingestion service (NVD API sync, NVD feed files, KEV, EPSS),
 //!   shared by `openthreat ingest` and `update_vulnerabilities_task`.
+//! * [`monitor`]: cluster state, `celery_*` metrics and failure alerts from
+//!   Celery events, and the `openthreat events` view.
 //! * [`runtime`]: opening the store, broker and result backend; shutdown signals.
 //! * [`schedule`]: the beat's entries, store and publisher.
 //! * [`tasks`]: the Celery tasks, one per file, and their shared [`tasks::AppContext`].
@@ -21,6 +23,7 @@ pub mod config;
 pub mod doctor;
 pub mod enrich;
 pub mod ingest;
+pub mod monitor;
 pub mod runtime;
 pub mod schedule;
 pub mod stats;

@@ -14,6 +14,7 @@ use crate::config::Config;
 pub(crate) mod beat;
 mod call;
 mod doctor;
+pub mod events;
 mod ingest;
 mod inspect;
 mod llm;
