@@ -122,3 +122,47 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("shutdown requested");
 }
+
+/// How often the server checks that beat entries fired when due.
+const BEAT_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// A beat entry this late counts as missed (beat ticks every few seconds).
+const BEAT_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Starts the monitor of `serve` and `run`: it follows the Celery event
+/// stream into `/metrics` (`registry`) and failure alerts, and checks once a
+/// minute that the beat `entries` fired when due. Runs until `stop`.
+pub async fn start_monitor(
+    config: &Config,
+    registry: &prometheus::Registry,
+    entries: Vec<openthreat_queue::beat::Entry>,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<crate::monitor::MonitorHandle> {
+    use crate::monitor::{check_beat, Monitor, MonitorConfig};
+    let fanout = open_fanout(config).await?;
+    let receiver = openthreat_queue::control::EventReceiver::connect(fanout.as_ref())
+        .await
+        .context("subscribing to worker events")?;
+    let monitor = Monitor::new(MonitorConfig::from_config(config), Some(registry))?;
+    let handle = monitor.handle();
+    tokio::spawn(monitor.run(receiver.into_stream(), stop.clone()));
+    let beat_store = crate::schedule::open_beat_store(config).await?;
+    let beat_handle = handle.clone();
+    tokio::spawn(async move {
+        let since = chrono::Utc::now();
+        let mut every = tokio::time::interval(BEAT_CHECK_EVERY);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            let now = chrono::Utc::now();
+            match check_beat(&entries, beat_store.as_ref(), since, now, BEAT_GRACE).await {
+                Ok(missed) => {
+                    beat_handle.report_missed_beats(&missed, now);
+                }
+                Err(e) => tracing::warn!(error = %e, "beat schedule check failed"),
+            }
+        }
+    });
+    Ok(handle)
+}

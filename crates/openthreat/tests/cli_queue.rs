@@ -360,3 +360,107 @@ fn run_starts_worker_and_beat_in_one_process_and_stops_cleanly() {
     let (code, _) = terminate(child);
     assert_eq!(code, Some(0));
 }
+
+/// `openthreat inspect`, `control` and `events` in one terminal see the
+/// worker of `openthreat run` in another, on the embedded SQLite queue.
+#[test]
+fn inspect_control_and_events_reach_run_in_another_process_on_the_embedded_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let schedule = dir.path().join("schedule.toml");
+    std::fs::write(
+        &schedule,
+        "[schedule.tick]\ntask = \"backend.tasks.test_task\"\nargs = [\"tick\"]\nevery = \"1s\"\n",
+    )
+    .unwrap();
+    let run = spawn(
+        dir.path(),
+        &[NO_OLLAMA],
+        &[
+            "run",
+            "-c",
+            "1",
+            "--bind",
+            "127.0.0.1:0",
+            "--schedule",
+            schedule.to_str().unwrap(),
+        ],
+    );
+    let env = [NO_OLLAMA];
+
+    // The worker answers once it has subscribed to the mailbox.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pong = loop {
+        let out = openthreat(dir.path(), &env, &["inspect", "ping", "--json"]);
+        if out.status.success() {
+            break serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
+        }
+        assert_eq!(out.status.code(), Some(69), "{}", text(&out));
+        assert!(
+            Instant::now() < deadline,
+            "no worker answered: {}",
+            text(&out)
+        );
+    };
+    let (node, reply) = pong.as_object().unwrap().iter().next().unwrap();
+    assert_eq!(reply, &serde_json::json!({"ok": "pong"}));
+    assert!(node.starts_with("celery@"), "{node}");
+
+    let registered = openthreat(dir.path(), &env, &["inspect", "registered"]);
+    assert!(registered.status.success(), "{}", text(&registered));
+    assert!(
+        text(&registered).contains("* backend.tasks.test_task"),
+        "{}",
+        text(&registered)
+    );
+    let limited = openthreat(
+        dir.path(),
+        &env,
+        &["control", "rate_limit", "backend.tasks.test_task", "100/m"],
+    );
+    assert!(limited.status.success(), "{}", text(&limited));
+    assert!(
+        text(&limited).contains("new rate limit set successfully"),
+        "{}",
+        text(&limited)
+    );
+    let unknown = openthreat(
+        dir.path(),
+        &env,
+        &["control", "rate_limit", "no.such.task", "1/s"],
+    );
+    assert!(!unknown.status.success());
+    assert!(
+        text(&unknown).contains("unknown task"),
+        "{}",
+        text(&unknown)
+    );
+
+    // events --dump prints the beat's task as it succeeds on the worker.
+    let mut dump = spawn(dir.path(), &env, &["events", "--dump"]);
+    let stdout = BufReader::new(dump.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if line.contains("task succeeded") && line.contains("backend.tasks.test_task") {
+                    break;
+                }
+                seen.push(line);
+            }
+            Err(_) => panic!("no task-succeeded line; saw: {seen:?}"),
+        }
+    }
+    let _ = terminate(dump);
+    let (code, output) = terminate(run);
+    assert_eq!(code, Some(0), "{output}");
+}

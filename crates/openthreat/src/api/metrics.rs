@@ -26,6 +26,9 @@ use super::AppState;
 #[derive(Debug, Clone)]
 pub struct Metrics {
     pub registry: Registry,
+    /// Task and worker metrics from the Celery event stream, under their
+    /// celery-exporter names (`celery_tasks_total`, …): no `openthreat_` prefix.
+    pub celery: Registry,
     http_requests: IntCounterVec,
     http_seconds: HistogramVec,
     cves: IntGaugeVec,
@@ -41,6 +44,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("openthreat".into()), None)?;
+        let celery = Registry::new();
         let http_requests = IntCounterVec::new(
             Opts::new("http_requests_total", "HTTP requests by route and status"),
             &["method", "route", "status"],
@@ -91,6 +95,7 @@ impl Metrics {
         registry.register(Box::new(llm_call_failures.clone()))?;
         Ok(Metrics {
             registry,
+            celery,
             http_requests,
             http_seconds,
             cves,
@@ -173,7 +178,14 @@ pub async fn metrics_handler(State(state): State<AppState>) -> Result<Response, 
     state.metrics.refresh(&state).await;
     let mut buf = Vec::new();
     TextEncoder::new()
-        .encode(&state.metrics.registry.gather(), &mut buf)
+        .encode(
+            &[
+                state.metrics.registry.gather(),
+                state.metrics.celery.gather(),
+            ]
+            .concat(),
+            &mut buf,
+        )
         .map_err(ApiError::internal)?;
     Ok((
         [(

@@ -1,10 +1,12 @@
 //! `openthreat events`: Celery's `celery events`, over any stream of event dicts.
 //!
-//! The command itself (connecting to the `celeryev` fanout) is wired where
-//! the event receiver lives; this file only consumes the stream, so it runs
-//! the same in tests with a vector of events.
+//! [`run`] subscribes to the `celeryev` fanout of the configured broker (Redis
+//! or the embedded SQLite file, so a worker in another terminal is seen);
+//! [`run_view`] only consumes a stream, so it runs the same in tests with a
+//! vector of events.
 
 use std::io::Write;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -12,6 +14,25 @@ use serde_json::Value;
 
 use crate::monitor::state::{unix_now, ClusterState, StateConfig};
 use crate::monitor::view::{render, Dumper};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print one line per event, like `celery events --dump`, instead of the live view.
+    #[arg(long)]
+    dump: bool,
+}
+
+/// `openthreat events`: until Ctrl-C.
+pub async fn run(config: &crate::config::Config, args: Args) -> anyhow::Result<ExitCode> {
+    let fanout = crate::runtime::open_fanout(config).await?;
+    let receiver = openthreat_queue::control::EventReceiver::connect(fanout.as_ref()).await?;
+    let view = run_view(receiver.into_stream(), args.dump, std::io::stdout());
+    tokio::select! {
+        r = view => r?,
+        _ = crate::runtime::shutdown_signal() => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 /// How often the live view is redrawn.
 const REDRAW: Duration = Duration::from_secs(1);

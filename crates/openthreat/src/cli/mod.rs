@@ -73,6 +73,9 @@ pub enum Command {
     /// Change running workers, like `celery control`: revoke, rate_limit,
     /// time_limit, pool_grow/shrink, add/cancel_consumer, events on/off, shutdown.
     Control(inspect::ControlArgs),
+    /// Watch workers and tasks live (workers, load, tasks/s, latest tasks and
+    /// failures), or --dump one line per event like `celery events --dump`.
+    Events(events::Args),
     /// Enrich CVEs with the LLM: queue a batch (--priority, --batch-size) or
     /// one CVE (--cve), or do it here with --now; --stats and --parked report.
     Llm(llm::Args),
@@ -111,6 +114,7 @@ pub fn main() -> ExitCode {
             Command::Llm(args) => llm::run(&config, args).await,
             Command::Inspect(args) => inspect::inspect(&config, args).await,
             Command::Control(args) => inspect::control(&config, args).await,
+            Command::Events(args) => events::run(&config, args).await,
         }
     });
     match result {

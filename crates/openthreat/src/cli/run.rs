@@ -118,6 +118,19 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         entries.clone(),
         Some(worker.state()),
     )?;
+    if let Err(e) = runtime::start_monitor(
+        config,
+        &state.metrics().celery,
+        entries.clone(),
+        stop.clone(),
+    )
+    .await
+    {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "monitoring (events, alerts) not started"
+        );
+    }
     let worker_stop = stop.clone();
     let worker = tokio::spawn(worker.run(async move { worker_stop.cancelled().await }));
     let http_stop = stop.clone();

@@ -23,7 +23,16 @@ pub struct Args {
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let path = schedule::schedule_path(args.schedule, config);
     let (entries, _) = schedule::load_entries(path.as_deref())?;
-    let state = api::state_from_config(config, entries, None).await?;
+    let state = api::state_from_config(config, entries.clone(), None).await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    if let Err(e) =
+        runtime::start_monitor(config, &state.metrics().celery, entries, stop.clone()).await
+    {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "monitoring (events, alerts) not started"
+        );
+    }
     let bind = args
         .bind
         .map(|a| a.to_string())
@@ -36,5 +45,6 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         listener.local_addr()?
     );
     api::serve(listener, state, runtime::shutdown_signal()).await?;
+    stop.cancel();
     Ok(ExitCode::SUCCESS)
 }
