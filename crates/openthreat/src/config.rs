@@ -88,6 +88,9 @@ pub struct Config {
     /// Shortest time between two alert POSTs (`OPENTHREAT_ALERT_INTERVAL`,
     /// seconds, default 10), so a storm of failures becomes one summary.
     pub alert_interval: Duration,
+    /// Producers send `task-sent` events (`OPENTHREAT_TASK_SENT_EVENTS`,
+    /// default off, as Celery's `task_send_sent_event`).
+    pub task_sent_events: bool,
     /// All raw variables, for crates that read their own (the LLM config).
     pub env: HashMap<String, String>,
 }
@@ -247,6 +250,16 @@ impl Config {
             bind,
             alert_webhook,
             alert_interval,
+            task_sent_events: match get("OPENTHREAT_TASK_SENT_EVENTS").as_deref() {
+                None | Some("0" | "false" | "no" | "off" | "") => false,
+                Some("1" | "true" | "yes" | "on") => true,
+                Some(_) => {
+                    return Err(ConfigError::Invalid {
+                        var: "OPENTHREAT_TASK_SENT_EVENTS",
+                        problem: "must be true or false".into(),
+                    })
+                }
+            },
             env,
         })
     }
@@ -279,6 +292,7 @@ impl fmt::Debug for Config {
             .field("bind", &self.bind)
             .field("alert_webhook", &self.alert_webhook)
             .field("alert_interval", &self.alert_interval)
+            .field("task_sent_events", &self.task_sent_events)
             .finish_non_exhaustive()
     }
 }

@@ -80,10 +80,29 @@ pub async fn monitored<C: Clone + Send + Sync + 'static>(
 
 /// A producer over the configured broker and backend.
 pub async fn open_producer(config: &Config) -> anyhow::Result<Producer> {
-    Ok(Producer::new(
+    producer(
+        config,
         open_broker(config).await?,
         open_backend(config).await?,
-    ))
+    )
+    .await
+}
+
+/// A producer over handles already open; it sends `task-sent` events when
+/// OPENTHREAT_TASK_SENT_EVENTS is on.
+pub async fn producer(
+    config: &Config,
+    broker: Arc<dyn Broker>,
+    backend: Arc<dyn ResultBackend>,
+) -> anyhow::Result<Producer> {
+    let p = Producer::new(broker, backend);
+    if !config.task_sent_events {
+        return Ok(p);
+    }
+    let node = openthreat_queue::control::events::producer_node();
+    let events =
+        openthreat_queue::control::EventDispatcher::new(open_fanout(config).await?, node, true);
+    Ok(p.with_sent_events(events))
 }
 
 /// The embedded queue lives in a file under the data dir; create the dir on first use.

@@ -372,7 +372,7 @@ fn inspect_control_and_events_reach_run_in_another_process_on_the_embedded_queue
         "[schedule.tick]\ntask = \"backend.tasks.test_task\"\nargs = [\"tick\"]\nevery = \"1s\"\n",
     )
     .unwrap();
-    let run = spawn(
+    let mut run = spawn(
         dir.path(),
         &[NO_OLLAMA],
         &[
@@ -386,6 +386,18 @@ fn inspect_control_and_events_reach_run_in_another_process_on_the_embedded_queue
         ],
     );
     let env = [NO_OLLAMA];
+    // Kept open until the end: `run` must never write to a closed pipe.
+    let mut run_out = BufReader::new(run.stdout.take().unwrap());
+    let mut banner = String::new();
+    for _ in 0..8 {
+        run_out.read_line(&mut banner).unwrap();
+    }
+    let addr = banner
+        .lines()
+        .find_map(|l| l.strip_prefix("  http     : http://"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no http line in {banner}"))
+        .to_string();
 
     // The worker answers once it has subscribed to the mailbox.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -461,6 +473,23 @@ fn inspect_control_and_events_reach_run_in_another_process_on_the_embedded_queue
         }
     }
     let _ = terminate(dump);
+
+    // The server of `run` follows the same events into /metrics.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = http_get(&addr, "/metrics");
+        let ok = metrics.lines().any(|l| {
+            l.starts_with("celery_tasks_total{")
+                && l.contains("name=\"backend.tasks.test_task\"")
+                && l.contains("state=\"succeeded\"")
+        }) && metrics.contains("celery_workers_online 1");
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no task metrics: {metrics}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let (code, output) = terminate(run);
     assert_eq!(code, Some(0), "{output}");
+    drop(run_out);
 }

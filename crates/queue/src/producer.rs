@@ -4,10 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use crate::backend::{ResultBackend, State, TaskMeta};
 use crate::broker::Broker;
+use crate::control::events::fields;
+use crate::control::EventDispatcher;
 use crate::error::{Error, Result};
 use crate::message::Message;
 use crate::task::Task;
@@ -50,12 +52,24 @@ impl SendOptions {
 pub struct Producer {
     broker: Arc<dyn Broker>,
     backend: Arc<dyn ResultBackend>,
+    events: Option<Arc<EventDispatcher>>,
 }
 
 impl Producer {
     /// A producer over `broker`, reading results from `backend`.
     pub fn new(broker: Arc<dyn Broker>, backend: Arc<dyn ResultBackend>) -> Self {
-        Producer { broker, backend }
+        Producer {
+            broker,
+            backend,
+            events: None,
+        }
+    }
+
+    /// Also sends a `task-sent` event for every task published (Celery's
+    /// `task_send_sent_event`), so monitors see tasks before a worker takes them.
+    pub fn with_sent_events(mut self, events: Arc<EventDispatcher>) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// Sends task `name` with Python-style `args` and `kwargs`.
@@ -97,6 +111,25 @@ impl Producer {
         m.headers.ignore_result = options.ignore_result;
         m.properties.priority = Some(options.priority.unwrap_or(0).min(9));
         self.broker.publish(&m).await?;
+        if let Some(ev) = &self.events {
+            ev.send(
+                "task-sent",
+                fields([
+                    ("uuid", json!(id)),
+                    ("root_id", json!(m.headers.root_id)),
+                    ("parent_id", json!(m.headers.parent_id)),
+                    ("name", json!(name)),
+                    ("args", json!(m.headers.argsrepr)),
+                    ("kwargs", json!(m.headers.kwargsrepr)),
+                    ("retries", json!(0)),
+                    ("eta", json!(m.headers.eta.map(|t| t.to_rfc3339()))),
+                    ("expires", json!(m.headers.expires.map(|t| t.to_rfc3339()))),
+                    ("queue", json!(queue)),
+                    ("exchange", json!("")),
+                    ("routing_key", json!(queue)),
+                ]),
+            );
+        }
         Ok(self.result(&id))
     }
 

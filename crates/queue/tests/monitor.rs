@@ -419,3 +419,67 @@ async fn control_changes_the_running_worker() {
         env.cleanup().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_producer_asked_to_sends_task_sent_events() {
+    for env in envs().await {
+        let mut rx = EventReceiver::connect(env.fanout.as_ref()).await.unwrap();
+        let events =
+            openthreat_queue::control::EventDispatcher::new(env.fanout.clone(), "gen@test", true);
+        let producer = openthreat_queue::Producer::new(env.broker.clone(), env.backend.clone())
+            .with_sent_events(events);
+        let id = producer
+            .send_task(
+                "tests.add",
+                vec![json!(1), json!(2)],
+                Map::new(),
+                env.send_opts(),
+            )
+            .await
+            .unwrap()
+            .id()
+            .to_owned();
+        let sent = event_where(&mut rx, "task-sent", |e| e["type"] == "task-sent").await;
+        assert_eq!(sent["uuid"], id.as_str(), "{}", env.kind);
+        assert_eq!(sent["name"], "tests.add");
+        assert_eq!(sent["queue"], env.queue.as_str());
+        assert_eq!(sent["hostname"], "gen@test");
+        // The plain producer sends none.
+        env.producer
+            .send_task(
+                "tests.add",
+                vec![json!(1), json!(2)],
+                Map::new(),
+                env.send_opts(),
+            )
+            .await
+            .unwrap();
+        let quiet = tokio::time::timeout(Duration::from_millis(500), rx.next()).await;
+        assert!(quiet.is_err(), "{}: unexpected event {quiet:?}", env.kind);
+        env.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queue_lengths_per_priority() {
+    for env in envs().await {
+        for (priority, n) in [(0u8, 2), (6, 3)] {
+            for _ in 0..n {
+                let mut opts = env.send_opts();
+                opts.priority = Some(priority);
+                env.producer
+                    .send_task("tests.add", vec![json!(1), json!(1)], Map::new(), opts)
+                    .await
+                    .unwrap();
+            }
+        }
+        let lengths = env.broker.priority_lengths(&env.queues()).await.unwrap();
+        assert_eq!(
+            lengths,
+            vec![(env.queue.clone(), 0, 2), (env.queue.clone(), 6, 3)],
+            "{}",
+            env.kind
+        );
+        env.cleanup().await;
+    }
+}

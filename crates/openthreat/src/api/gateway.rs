@@ -62,6 +62,19 @@ impl QueueGateway {
         self
     }
 
+    /// Celery's default queue and every queue the schedule names.
+    fn known_queues(&self) -> Vec<String> {
+        let mut queues: Vec<String> = vec![DEFAULT_QUEUE.to_string()];
+        for e in &self.schedule {
+            if let Some(q) = &e.options.queue {
+                if !queues.contains(q) {
+                    queues.push(q.clone());
+                }
+            }
+        }
+        queues
+    }
+
     /// Asks every worker `method`; `(hostname, reply)` pairs.
     async fn inspect(&self, method: &str) -> Result<Vec<(String, Value)>, GatewayError> {
         let Some(fanout) = &self.fanout else {
@@ -241,16 +254,15 @@ impl TaskGateway for QueueGateway {
     }
 
     async fn queue_lengths(&self) -> Result<Vec<(String, u64)>, GatewayError> {
-        let mut queues: Vec<String> = vec![DEFAULT_QUEUE.to_string()];
-        for e in &self.schedule {
-            if let Some(q) = &e.options.queue {
-                if !queues.contains(q) {
-                    queues.push(q.clone());
-                }
-            }
-        }
         self.broker
-            .queue_lengths(&queues)
+            .queue_lengths(&self.known_queues())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn priority_lengths(&self) -> Result<Vec<(String, u8, u64)>, GatewayError> {
+        self.broker
+            .priority_lengths(&self.known_queues())
             .await
             .map_err(unavailable)
     }

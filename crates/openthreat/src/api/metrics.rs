@@ -33,6 +33,8 @@ pub struct Metrics {
     http_seconds: HistogramVec,
     cves: IntGaugeVec,
     queue_length: IntGaugeVec,
+    /// `celery_queue_length{queue_name, priority}`, as celery-exporter names it.
+    queue_priority_length: IntGaugeVec,
     last_ingestion: GaugeVec,
     up: IntGauge,
     /// LLM call latency by provider and outcome.
@@ -45,6 +47,14 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("openthreat".into()), None)?;
         let celery = Registry::new();
+        let queue_priority_length = IntGaugeVec::new(
+            Opts::new(
+                "celery_queue_length",
+                "Messages waiting per queue and priority",
+            ),
+            &["queue_name", "priority"],
+        )?;
+        celery.register(Box::new(queue_priority_length.clone()))?;
         let http_requests = IntCounterVec::new(
             Opts::new("http_requests_total", "HTTP requests by route and status"),
             &["method", "route", "status"],
@@ -96,6 +106,7 @@ impl Metrics {
         Ok(Metrics {
             registry,
             celery,
+            queue_priority_length,
             http_requests,
             http_seconds,
             cves,
@@ -146,6 +157,15 @@ impl Metrics {
                 for (queue, n) in lengths {
                     self.queue_length
                         .with_label_values(&[queue.as_str()])
+                        .set(n as i64);
+                }
+            }
+            if let Ok(lengths) = gw.priority_lengths().await {
+                // Emptied priorities must read 0, not their last value.
+                self.queue_priority_length.reset();
+                for (queue, priority, n) in lengths {
+                    self.queue_priority_length
+                        .with_label_values(&[queue.as_str(), &priority.to_string()])
                         .set(n as i64);
                 }
             }

@@ -118,4 +118,8 @@ pub trait TaskGateway: Send + Sync + 'static {
     async fn scheduled(&self) -> Result<Vec<ScheduledEntry>, GatewayError>;
     /// Messages waiting per queue name, for `/metrics`.
     async fn queue_lengths(&self) -> Result<Vec<(String, u64)>, GatewayError>;
+    /// Messages waiting per queue and priority, for `/metrics`.
+    async fn priority_lengths(&self) -> Result<Vec<(String, u8, u64)>, GatewayError> {
+        Ok(Vec::new())
+    }
 }

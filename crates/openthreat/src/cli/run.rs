@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use openthreat_queue::{Producer, Worker};
+use openthreat_queue::Worker;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{redact_url, Config};
@@ -98,7 +98,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let ctx = AppContext::new(
         store.clone(),
         config,
-        Producer::new(broker.clone(), backend.clone()),
+        runtime::producer(config, broker.clone(), backend.clone()).await?,
     )
     .context("LLM configuration (OPENTHREAT_LLM_*, OLLAMA_*)")?;
     let builder = tasks::register_all(Worker::builder(broker.clone(), backend.clone(), ctx));
@@ -140,7 +140,12 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let beat = if args.without_beat {
         None
     } else {
-        let beat = schedule::build_beat(config, entries, Producer::new(broker, backend)).await?;
+        let beat = schedule::build_beat(
+            config,
+            entries,
+            runtime::producer(config, broker, backend).await?,
+        )
+        .await?;
         let beat_stop = stop.clone();
         Some(tokio::spawn(async move { beat.run(beat_stop).await }))
     };

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use openthreat_queue::{Producer, Worker};
+use openthreat_queue::Worker;
 
 use crate::config::{redact_url, Config};
 use crate::runtime;
@@ -35,7 +35,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let ctx = AppContext::new(
         store,
         config,
-        Producer::new(broker.clone(), backend.clone()),
+        runtime::producer(config, broker.clone(), backend.clone()).await?,
     )
     .context("LLM configuration (OPENTHREAT_LLM_*, OLLAMA_*)")?;
     let builder =

@@ -79,6 +79,9 @@ pub trait Broker: Send + Sync + Debug + 'static {
     async fn purge(&self, queue: &str) -> Result<u64>;
     /// Waiting messages per queue, all priorities summed.
     async fn queue_lengths(&self, queues: &[String]) -> Result<Vec<(String, u64)>>;
+    /// Waiting messages per queue and priority (Redis: per priority step
+    /// list, 0/3/6/9; SQLite: per exact priority), non-empty ones only.
+    async fn priority_lengths(&self, queues: &[String]) -> Result<Vec<(String, u8, u64)>>;
     /// The most recent dead letters, newest first.
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>>;
     /// Deletes all dead letters.

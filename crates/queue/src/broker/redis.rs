@@ -632,6 +632,26 @@ impl Broker for RedisBroker {
             .collect())
     }
 
+    async fn priority_lengths(&self, queues: &[String]) -> Result<Vec<(String, u8, u64)>> {
+        let mut pipe = redis::pipe();
+        for q in queues {
+            for step in PRIORITY_STEPS {
+                pipe.cmd("LLEN").arg(self.key(&Self::list_name(q, step)));
+            }
+        }
+        let mut conn = self.conn.clone();
+        let lens: Vec<u64> = pipe.query_async(&mut conn).await?;
+        let mut out = Vec::new();
+        for (q, chunk) in queues.iter().zip(lens.chunks(PRIORITY_STEPS.len())) {
+            for (step, n) in PRIORITY_STEPS.iter().zip(chunk) {
+                if *n > 0 {
+                    out.push((q.clone(), *step, *n));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
         if limit == 0 {
             return Ok(Vec::new());

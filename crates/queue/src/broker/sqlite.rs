@@ -311,6 +311,25 @@ impl Broker for SqliteBroker {
         Ok(out)
     }
 
+    async fn priority_lengths(&self, queues: &[String]) -> Result<Vec<(String, u8, u64)>> {
+        let mut out = Vec::new();
+        let now = now();
+        for q in queues {
+            let rows: Vec<(i64, i64)> = sqlx::query_as(
+                "SELECT priority, COUNT(*) FROM queue_messages WHERE queue = ? AND (lease_token IS NULL OR visible_at <= ?) GROUP BY priority ORDER BY priority",
+            )
+            .bind(q)
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+            out.extend(
+                rows.into_iter()
+                    .map(|(p, n)| (q.clone(), p.clamp(0, 9) as u8, n as u64)),
+            );
+        }
+        Ok(out)
+    }
+
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
         let rows = sqlx::query(
             "SELECT queue, reason, payload, at FROM queue_dead_letters ORDER BY id DESC LIMIT ?",

@@ -165,6 +165,11 @@ impl EventDispatcher {
     }
 }
 
+/// The node name producers send events as: `gen<pid>@<host>`, as Celery's.
+pub fn producer_node() -> String {
+    crate::message::origin()
+}
+
 /// Builds an object from `(key, value)` pairs, for event fields.
 pub fn fields<const N: usize>(pairs: [(&str, Value); N]) -> Map<String, Value> {
     pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
