@@ -7,7 +7,7 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Ctx, Env, Running};
+use common::{hostname, send, wait_ready, Ctx, Env, Running};
 use openthreat_queue::control::{Broadcast, Mailbox};
 use openthreat_queue::State;
 use serde_json::{json, Map, Value};
@@ -33,28 +33,6 @@ fn python(env: &Env) -> Command {
     c
 }
 
-fn hostname(env: &Env) -> String {
-    format!("test@{}", env.queue)
-}
-
-/// Waits until the worker answers a ping: it subscribes to the mailbox a
-/// moment after it starts, and a broadcast before that reaches nobody.
-async fn wait_ready(env: &Env) {
-    let mailbox = Mailbox::new(env.fanout.clone());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut b = Broadcast::new("ping");
-        b.destination = Some(vec![hostname(env)]);
-        b.timeout = Duration::from_millis(300);
-        if !mailbox.broadcast(&b).await.unwrap().is_empty() {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "worker never answered ping"
-        );
-    }
-}
 
 /// `celery -A pyapp <args> --json`, parsed.
 async fn celery_json(env: &Env, args: &[&str]) -> Value {
@@ -91,15 +69,6 @@ async fn celery_json(env: &Env, args: &[&str]) -> Value {
             String::from_utf8_lossy(&out.stderr)
         ),
     }
-}
-
-async fn send(env: &Env, name: &str, args: Vec<Value>) -> String {
-    env.producer
-        .send_task(name, args, Map::new(), env.send_opts())
-        .await
-        .unwrap()
-        .id()
-        .to_owned()
 }
 
 async fn wait_result(env: &Env, id: &str) -> State {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Ctx, Env, Running};
+use common::{hostname, send, wait_ready, Ctx, Env, Running};
 use openthreat_queue::control::{Broadcast, Envelope, EventReceiver, Mailbox, PIDBOX_EXCHANGE};
 use openthreat_queue::{State, TaskMeta};
 use serde_json::{json, Map, Value};
@@ -24,28 +24,6 @@ async fn envs() -> Vec<Env> {
     v
 }
 
-fn hostname(env: &Env) -> String {
-    format!("test@{}", env.queue)
-}
-
-/// Waits until the worker answers a ping: it subscribes to the mailbox a
-/// moment after it starts, and a broadcast before that reaches nobody.
-async fn wait_ready(env: &Env) {
-    let mailbox = Mailbox::new(env.fanout.clone());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut b = Broadcast::new("ping");
-        b.destination = Some(vec![hostname(env)]);
-        b.timeout = Duration::from_millis(300);
-        if !mailbox.broadcast(&b).await.unwrap().is_empty() {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "worker never answered ping"
-        );
-    }
-}
 
 async fn ask(env: &Env, method: &str, args: Value) -> Value {
     let mut b = Broadcast::new(method);
@@ -59,15 +37,6 @@ async fn ask(env: &Env, method: &str, args: Value) -> Value {
     assert_eq!(replies.len(), 1, "{} {method}: {replies:?}", env.kind);
     assert_eq!(replies[0].0, hostname(env));
     replies[0].1.clone()
-}
-
-async fn send(env: &Env, name: &str, args: Vec<Value>) -> String {
-    env.producer
-        .send_task(name, args, Map::new(), env.send_opts())
-        .await
-        .unwrap()
-        .id()
-        .to_owned()
 }
 
 /// Waits for an event matching `pred`, returning it.

@@ -456,3 +456,38 @@ impl Task for Hold {
         Ok(self.ms)
     }
 }
+
+/// The node name [`Env::worker`] gives its worker.
+pub fn hostname(env: &Env) -> String {
+    format!("test@{}", env.queue)
+}
+
+/// Waits until the worker answers a ping: it subscribes to the mailbox a
+/// moment after it starts, and a broadcast before that reaches nobody.
+pub async fn wait_ready(env: &Env) {
+    use openthreat_queue::control::{Broadcast, Mailbox};
+    let mailbox = Mailbox::new(env.fanout.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut b = Broadcast::new("ping");
+        b.destination = Some(vec![hostname(env)]);
+        b.timeout = Duration::from_millis(300);
+        if !mailbox.broadcast(&b).await.unwrap().is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker never answered ping"
+        );
+    }
+}
+
+/// Sends task `name` to this env's queue; returns its id.
+pub async fn send(env: &Env, name: &str, args: Vec<serde_json::Value>) -> String {
+    env.producer
+        .send_task(name, args, serde_json::Map::new(), env.send_opts())
+        .await
+        .unwrap()
+        .id()
+        .to_owned()
+}
