@@ -666,10 +666,11 @@ async fn nvd_sync_pages_through_windows_with_throttling_and_retries() {
         let all = load_all_nvd_fixtures().unwrap();
         let server = NvdTestServer::start(NvdServerConfig {
             records: all.clone(),
-            // NVD's 403 past the quota, and one 503.
+            // NVD's 403 past the quota, and one 503. A quota of 3 per second
+            // is exceeded even by a slow (debug, loaded) client paging through.
             throttle: Some(Throttle {
-                max_requests: 6,
-                window: Duration::from_millis(500),
+                max_requests: 3,
+                window: Duration::from_secs(1),
             }),
             scripted: HashMap::from([(2, 503)]),
             ..Default::default()
