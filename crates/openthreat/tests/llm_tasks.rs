@@ -611,3 +611,136 @@ async fn high_priority_cves_jump_ahead_of_a_low_backlog() {
         "{order:?}"
     );
 }
+
+/// Kills the child process when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The value of the one sample line of `/metrics` whose name and labels
+/// contain every needle; `None` when there is none.
+fn sample(text: &str, needles: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| needles.iter().all(|n| l.contains(n)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Scrapes `/metrics` until the sample has `value`; the text of that scrape.
+async fn wait_for(http: &reqwest::Client, base: &str, needles: &[&str], value: f64) -> String {
+    let mut last = String::new();
+    for _ in 0..300 {
+        if let Ok(r) = http.get(format!("{base}/metrics")).send().await {
+            if let Ok(text) = r.text().await {
+                if sample(&text, needles) == Some(value) {
+                    return text;
+                }
+                last = text;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{needles:?} never reached {value}:\n{last}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_exposes_llm_call_latency_and_failures_in_metrics() {
+    let llm = TestLlmServer::start().await;
+    let b = sqlite().await;
+    seed(b.store.as_ref(), &fixture_cves()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    // `openthreat run`: API and worker in one process, on the embedded queue.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_openthreat"));
+    cmd.current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &b.url)
+        .env("OLLAMA_HOST", llm.url())
+        .env("OPENTHREAT_BIND", format!("127.0.0.1:{port}"))
+        .args(["run", "--without-beat", "-c", "2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _child = KillOnDrop(cmd.spawn().unwrap());
+    let http = reqwest::Client::new();
+    let enrich = |cve: &'static str| {
+        let http = http.clone();
+        let url = format!("{base}/api/v1/llm/process/{cve}");
+        async move {
+            let r = http.post(url).send().await.unwrap();
+            assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        }
+    };
+    // The server is up once /metrics answers.
+    wait_for(&http, &base, &["openthreat_cves{", "kind=\"all\""], 20.0).await;
+
+    // One failure of a known kind: both the answer and its repair are invalid.
+    llm.push(Reply::Content("Sure! Here is a summary: it is bad.".into()));
+    llm.push(Reply::Content("not json at all".into()));
+    enrich("CVE-2019-0708").await;
+    const BAD: &[&str] = &[
+        "openthreat_llm_failures_total{",
+        "kind=\"bad_output\"",
+        "model=\"llama3.2:3b\"",
+        "provider=\"ollama\"",
+    ];
+    wait_for(&http, &base, BAD, 1.0).await;
+    // One success.
+    enrich(LOG4SHELL_FREE).await;
+    const VALID: &[&str] = &[
+        "openthreat_llm_call_duration_seconds_count{",
+        "outcome=\"valid\"",
+    ];
+    let text = wait_for(&http, &base, VALID, 1.0).await;
+
+    // Both calls of the failed enrichment are timed as invalid answers.
+    let invalid = [
+        "openthreat_llm_call_duration_seconds_count{",
+        "outcome=\"invalid\"",
+    ];
+    assert_eq!(sample(&text, &invalid), Some(2.0), "{text}");
+    assert_eq!(sample(&text, BAD), Some(1.0), "{text}");
+    let failures: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("openthreat_llm_failures_total{"))
+        .collect();
+    assert_eq!(failures.len(), 1, "no other failure kind: {failures:?}");
+    // Buckets are there, and a call of the local server fits the smallest ones.
+    assert!(
+        sample(
+            &text,
+            &[
+                "openthreat_llm_call_duration_seconds_bucket{",
+                "le=\"+Inf\"",
+                "outcome=\"valid\""
+            ]
+        ) == Some(1.0),
+        "{text}"
+    );
+    // Process-independent counts come from the store: one failed CVE, one more processed.
+    assert_eq!(
+        sample(&text, &["openthreat_cves{", "kind=\"llm_failed\""]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, &["openthreat_cves{", "kind=\"llm_parked\""]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, &["openthreat_cves{", "kind=\"llm_processed\""]),
+        Some(2.0)
+    );
+    assert_eq!(llm.chats_answered(), 3);
+}

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 
@@ -91,10 +92,13 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     println!("Press Ctrl-C to stop.");
 
     let stop = CancellationToken::new();
-    let ctx = AppContext::new(
+    // One registry for the API and the worker's LLM calls, so /metrics shows both.
+    let metrics = Arc::new(api::metrics::Metrics::new()?);
+    let ctx = AppContext::with_llm_observer(
         store.clone(),
         config,
         Producer::new(broker.clone(), backend.clone()),
+        metrics.clone(),
     )
     .context("LLM configuration (OPENTHREAT_LLM_*, OLLAMA_*)")?;
     let mut builder = tasks::register_all(Worker::builder(broker.clone(), backend.clone(), ctx));
@@ -111,7 +115,8 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         backend.clone(),
         entries.clone(),
         Some(worker.state()),
-    )?;
+    )?
+    .with_metrics(metrics);
     let worker_stop = stop.clone();
     let worker = tokio::spawn(worker.run(async move { worker_stop.cancelled().await }));
     let http_stop = stop.clone();

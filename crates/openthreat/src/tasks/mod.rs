@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use openthreat_llm::{Enricher, LlmConfig, LlmError};
+use openthreat_llm::{Enricher, LlmConfig, LlmError, LlmObserver};
 use openthreat_queue::worker::WorkerBuilder;
 use openthreat_queue::Producer;
 use openthreat_store::Store;
@@ -52,11 +52,35 @@ impl AppContext {
         config: &Config,
         producer: Producer,
     ) -> Result<Self, LlmError> {
+        Self::build(store, config, producer, None)
+    }
+
+    /// [`AppContext::new`], with the enricher reporting every LLM call and
+    /// failure to `observer` (the process's metrics in `openthreat run`).
+    pub fn with_llm_observer(
+        store: Arc<dyn Store>,
+        config: &Config,
+        producer: Producer,
+        observer: Arc<dyn LlmObserver>,
+    ) -> Result<Self, LlmError> {
+        Self::build(store, config, producer, Some(observer))
+    }
+
+    fn build(
+        store: Arc<dyn Store>,
+        config: &Config,
+        producer: Producer,
+        observer: Option<Arc<dyn LlmObserver>>,
+    ) -> Result<Self, LlmError> {
         let llm = LlmConfig::from_env_map(&config.env)?;
+        let mut enricher = Enricher::from_config(&llm)?;
+        if let Some(o) = observer {
+            enricher = enricher.with_observer(o);
+        }
         Ok(AppContext {
             store,
             config: Arc::new(config.clone()),
-            enricher: Arc::new(Enricher::from_config(&llm)?),
+            enricher: Arc::new(enricher),
             producer,
         })
     }
