@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use openthreat_queue::{Producer, Worker};
+use openthreat_queue::Producer;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{redact_url, Config};
@@ -18,7 +18,7 @@ use crate::{api, runtime, schedule};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Tasks run at the same time by the embedded worker (default: the number of CPUs).
+    /// Tasks run at the same time by the embedded worker (default: the number of CPUs plus OPENTHREAT_LLM_CONCURRENCY).
     #[arg(short = 'c', long)]
     concurrency: Option<usize>,
     /// A TOML schedule file that replaces the default timetable (also OPENTHREAT_SCHEDULE).
@@ -101,7 +101,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         metrics.clone(),
     )
     .context("LLM configuration (OPENTHREAT_LLM_*, OLLAMA_*)")?;
-    let mut builder = tasks::register_all(Worker::builder(broker.clone(), backend.clone(), ctx));
+    let mut builder = tasks::worker_builder(broker.clone(), backend.clone(), ctx);
     if let Some(n) = args.concurrency {
         anyhow::ensure!(n > 0, "--concurrency must be at least 1");
         builder = builder.concurrency(n);
