@@ -11,6 +11,7 @@ use openthreat_core::{Cve, Enrichment};
 
 use crate::config::LlmConfig;
 use crate::error::LlmError;
+use crate::observe::{CallEvent, CallOutcome, LlmObserver};
 use crate::prompt::{build_prompt, output_schema, Prompt, SCHEMA_NAME};
 use crate::provider::{
     build_provider, ChatMessage, ChatRequest, ChatResponse, ModelStatus, Provider,
@@ -30,6 +31,8 @@ pub struct Enricher {
     concurrency: usize,
     temperature: f32,
     max_tokens: u32,
+    /// Told about every call and failed enrichment (the application's metrics).
+    observer: Option<Arc<dyn LlmObserver>>,
 }
 
 /// A successful enrichment and what it cost.
@@ -68,7 +71,8 @@ pub struct EnrichStats {
     pub completion_tokens: u64,
     /// Wall time of the calls, without waiting for a concurrency permit.
     pub elapsed: Duration,
-    /// Time spent waiting for a permit (other calls in flight).
+    /// Time spent waiting for permits (other calls in flight), summed over
+    /// the calls.
     pub queued: Duration,
     /// Generation time as the server reported it, summed, when it did.
     pub generation_time: Option<Duration>,
@@ -104,7 +108,15 @@ impl Enricher {
             concurrency,
             temperature: defaults.temperature,
             max_tokens: defaults.max_tokens,
+            observer: None,
         }
+    }
+
+    /// Reports every call (time, outcome) and every failed enrichment to
+    /// `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn LlmObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// The provider and limits the configuration names.
@@ -142,7 +154,7 @@ impl Enricher {
     /// (a failed attempt for the application to count); the provider's
     /// errors otherwise. Nothing is returned that did not pass validation.
     pub async fn enrich(&self, cve: &Cve) -> Result<EnrichOutcome, LlmError> {
-        self.run(cve, None).await
+        self.observed(cve, None).await
     }
 
     /// [`Enricher::enrich`], also returning each raw answer and its verdict.
@@ -151,8 +163,21 @@ impl Enricher {
         cve: &Cve,
     ) -> (Result<EnrichOutcome, LlmError>, Transcript) {
         let mut transcript = Transcript::default();
-        let result = self.run(cve, Some(&mut transcript)).await;
+        let result = self.observed(cve, Some(&mut transcript)).await;
         (result, transcript)
+    }
+
+    /// [`Enricher::run`], reporting a failure to the observer.
+    async fn observed(
+        &self,
+        cve: &Cve,
+        transcript: Option<&mut Transcript>,
+    ) -> Result<EnrichOutcome, LlmError> {
+        let result = self.run(cve, transcript).await;
+        if let (Err(e), Some(o)) = (&result, &self.observer) {
+            o.failure(self.provider.kind(), self.provider.model(), e);
+        }
+        result
     }
 
     async fn run(
@@ -170,6 +195,52 @@ impl Enricher {
                 }
             };
         let prompt = build_prompt(cve);
+        let mut stats = EnrichStats::default();
+        let mut messages = prompt.messages();
+        let first = self.call(&messages, &mut stats.queued).await?;
+        stats.add(&first);
+        let verdict = validate(&first.content, &prompt);
+        self.observe(first.elapsed, verdict.is_ok());
+        note(&first.content, &verdict);
+        let problem = match verdict {
+            Ok(out) => return Ok(self.outcome(&prompt, out, stats, None)),
+            Err(problem) => problem,
+        };
+        tracing::debug!(cve = %prompt.cve_id, %problem, "LLM answer rejected; asking for a repair");
+
+        messages.push(ChatMessage::assistant(first.content));
+        messages.push(prompt.repair_message(&problem.to_string()));
+        let second = self.call(&messages, &mut stats.queued).await?;
+        stats.add(&second);
+        let verdict = validate(&second.content, &prompt);
+        self.observe(second.elapsed, verdict.is_ok());
+        note(&second.content, &verdict);
+        match verdict {
+            Ok(out) => Ok(self.outcome(&prompt, out, stats, Some(problem.to_string()))),
+            Err(again) => Err(bad_output(&problem, &again)),
+        }
+    }
+
+    /// One chat call under the concurrency limit; the wait for a permit is
+    /// added to `queued`.
+    ///
+    /// The permit covers the call only, not validation or building the
+    /// repair request: a server with P slots is kept busy by P permits only
+    /// if a permit is handed on the moment an answer arrives (holding it
+    /// through our own processing left a slot idle on every call, some 5 %
+    /// of the server's capacity in the pipeline benchmark).
+    async fn call(
+        &self,
+        messages: &[ChatMessage],
+        queued: &mut Duration,
+    ) -> Result<ChatResponse, LlmError> {
+        let request = ChatRequest {
+            messages: messages.to_vec(),
+            schema: output_schema(),
+            schema_name: SCHEMA_NAME.to_string(),
+            temperature: self.temperature,
+            max_tokens: self.max_tokens,
+        };
         let waited = Instant::now();
         // The semaphore is never closed, so acquiring cannot fail; map it
         // anyway rather than panic.
@@ -180,43 +251,35 @@ impl Enricher {
             .map_err(|_| LlmError::Transient {
                 reason: "LLM concurrency limiter closed".to_string(),
             })?;
-        let mut stats = EnrichStats {
-            queued: waited.elapsed(),
-            ..EnrichStats::default()
-        };
-
-        let mut messages = prompt.messages();
-        let first = self.call(&messages).await?;
-        stats.add(&first);
-        let verdict = validate(&first.content, &prompt);
-        note(&first.content, &verdict);
-        let problem = match verdict {
-            Ok(out) => return Ok(self.outcome(&prompt, out, stats, None)),
-            Err(problem) => problem,
-        };
-        tracing::debug!(cve = %prompt.cve_id, %problem, "LLM answer rejected; asking for a repair");
-
-        messages.push(ChatMessage::assistant(first.content));
-        messages.push(prompt.repair_message(&problem.to_string()));
-        let second = self.call(&messages).await?;
-        stats.add(&second);
-        let verdict = validate(&second.content, &prompt);
-        note(&second.content, &verdict);
-        match verdict {
-            Ok(out) => Ok(self.outcome(&prompt, out, stats, Some(problem.to_string()))),
-            Err(again) => Err(bad_output(&problem, &again)),
+        *queued += waited.elapsed();
+        let started = Instant::now();
+        let result = self.provider.chat(&request).await;
+        if let Err(e) = &result {
+            // Answered calls are reported once validated, with their verdict.
+            self.report(started.elapsed(), CallOutcome::Failed(e.kind()));
         }
+        result
     }
 
-    async fn call(&self, messages: &[ChatMessage]) -> Result<ChatResponse, LlmError> {
-        let request = ChatRequest {
-            messages: messages.to_vec(),
-            schema: output_schema(),
-            schema_name: SCHEMA_NAME.to_string(),
-            temperature: self.temperature,
-            max_tokens: self.max_tokens,
+    /// Reports an answered call and whether its answer passed validation.
+    fn observe(&self, elapsed: Duration, valid: bool) {
+        let outcome = if valid {
+            CallOutcome::Valid
+        } else {
+            CallOutcome::Invalid
         };
-        self.provider.chat(&request).await
+        self.report(elapsed, outcome);
+    }
+
+    fn report(&self, elapsed: Duration, outcome: CallOutcome) {
+        if let Some(o) = &self.observer {
+            o.call(&CallEvent {
+                provider: self.provider.kind(),
+                model: self.provider.model(),
+                elapsed,
+                outcome,
+            });
+        }
     }
 
     fn outcome(

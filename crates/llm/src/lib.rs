@@ -27,12 +27,16 @@
 //!   names, copies of the input).
 //! * [`enricher`]: [`Enricher`], which ties the above together under a
 //!   concurrency limit.
+//! * [`observe`]: [`LlmObserver`], told about every call and failed
+//!   enrichment, so the application can keep metrics without this crate
+//!   depending on a metrics library.
 //! * `test_server` (feature `test-server`): a scriptable local server speaking
 //!   both protocols, for this crate's tests and the application's.
 
 pub mod config;
 pub mod enricher;
 pub mod error;
+pub mod observe;
 pub mod prompt;
 pub mod provider;
 pub mod validate;
@@ -43,6 +47,7 @@ pub mod test_server;
 pub use config::{LlmConfig, ProviderKind};
 pub use enricher::{AttemptRecord, EnrichOutcome, EnrichStats, Enricher, Transcript};
 pub use error::{ConfigError, LlmError};
+pub use observe::{CallEvent, CallOutcome, LlmObserver};
 pub use prompt::{build_prompt, output_schema, Prompt};
 pub use provider::{
     build_provider, ChatMessage, ChatRequest, ChatResponse, HealthState, ModelStatus,

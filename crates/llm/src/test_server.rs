@@ -19,7 +19,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -113,6 +113,8 @@ struct Shared {
     chats_answered: AtomicUsize,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// Nanoseconds chat calls held a slot, summed.
+    slot_busy_ns: AtomicU64,
 }
 
 impl Shared {
@@ -185,6 +187,7 @@ impl TestLlmServer {
             chats_answered: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
+            slot_busy_ns: AtomicU64::new(0),
         });
         let app = Router::new()
             .route("/api/tags", get(ollama_tags))
@@ -246,6 +249,13 @@ impl TestLlmServer {
     /// concurrency limit must keep low.
     pub fn max_in_flight(&self) -> usize {
         self.shared.max_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Time chat calls held a slot, summed over slots: with `slots` slots
+    /// over a wall time `T`, `slot_busy_time() / (slots × T)` is how busy the
+    /// simulated server was (a benchmark's measure of idle slots).
+    pub fn slot_busy_time(&self) -> Duration {
+        Duration::from_nanos(self.shared.slot_busy_ns.load(Ordering::Relaxed))
     }
 
     /// Stops serving; later calls find nobody listening (an LLM that
@@ -396,11 +406,22 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Adds the time a slot was held to [`Shared::slot_busy_ns`] when dropped.
+struct SlotBusy<'a>(&'a Shared, std::time::Instant);
+
+impl Drop for SlotBusy<'_> {
+    fn drop(&mut self) {
+        let ns = u64::try_from(self.1.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.0.slot_busy_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+}
+
 async fn chat(shared: Arc<Shared>, req: Value, protocol: Protocol) -> Response {
     let _counted = InFlight::enter(&shared);
     let Ok(_slot) = shared.slots.acquire().await else {
         return json_response(503, r#"{"error":"closed"}"#.to_string());
     };
+    let _busy = SlotBusy(&shared, std::time::Instant::now());
     let (reply, latency) = {
         let mut s = shared.script();
         (s.replies.pop_front().unwrap_or(Reply::Auto), s.latency)

@@ -14,10 +14,11 @@
 
 #[path = "support/feed_gen.rs"]
 mod feed_gen;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use openthreat::config::Config;
@@ -94,20 +95,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sqlite_url = format!("sqlite://{}", dir.path().join("bench.db").display());
     run_store(&rt, "SQLite", &sqlite_url, &feed, count)?;
 
-    let admin = std::env::var("OPENTHREAT_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let db = format!("ot_bench_ingest_{}", std::process::id());
-    match psql(&admin, &format!("CREATE DATABASE {db}")) {
-        Ok(()) => {
-            let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-            let result = run_store(&rt, "PostgreSQL", &format!("{base}/{db}"), &feed, count);
-            let _ = psql(
-                &admin,
-                &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
-            );
-            result?;
-        }
-        Err(e) => println!("PostgreSQL skipped: {e}"),
+    // A throwaway database, dropped at the end; skipped when PostgreSQL is down.
+    if let Some(db) = support::PgDatabase::create() {
+        run_store(&rt, "PostgreSQL", &db.url, &feed, count)?;
     }
     Ok(())
 }
@@ -168,16 +158,4 @@ fn peak_mb() -> f64 {
 /// Resets VmHWM to the current RSS (Linux: `5` to `clear_refs`).
 fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-fn psql(url: &str, sql: &str) -> Result<(), String> {
-    let out = Command::new("psql")
-        .args([url, "-v", "ON_ERROR_STOP=1", "-qc", sql])
-        .output()
-        .map_err(|e| format!("cannot run psql: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
 }

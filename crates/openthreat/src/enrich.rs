@@ -22,7 +22,7 @@ use openthreat_store::{ClaimOne, LlmClaim, Store, StoreError, VulnerabilityRow};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::tasks::ProcessCveWithLlm;
+use crate::tasks::{ProcessCveWithLlm, ProcessLlmQueue};
 
 /// Failed attempts (answers rejected after their repair) before a CVE is
 /// parked instead of being retried by every batch for ever. The store's
@@ -270,6 +270,10 @@ pub enum BatchOutcome {
         task_ids: Vec<String>,
         cve_ids: Vec<String>,
         priority: String,
+        /// The id of the follow-up batch task queued among this batch's
+        /// tasks (see [`queue_batch`]), if one was.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        follow_up: Option<String>,
     },
 }
 
@@ -292,6 +296,14 @@ pub async fn claim_batch(
 
 /// Claims a batch and queues one `tasks.process_cve_with_llm` per CVE.
 ///
+/// With `follow_up`, and only when the claim came back full (so more work is
+/// probably waiting), that batch task is queued too, in the middle of the
+/// batch: it runs once the first half has been taken by workers, while the
+/// second half still keeps the LLM busy, and claims the next batch in time.
+/// The follow-up is paced by how fast CVEs are actually enriched, so the
+/// queue never holds much more than a batch and claims do not age; see
+/// `tasks::process_llm_queue` for why batches continue at all.
+///
 /// When publishing fails half-way, the claims of the CVEs not queued are
 /// released, so they are not held for the claim's whole duration.
 pub async fn queue_batch(
@@ -299,6 +311,7 @@ pub async fn queue_batch(
     enricher: &Enricher,
     producer: &Producer,
     claim: &LlmClaim,
+    follow_up: Option<&ProcessLlmQueue>,
 ) -> Result<BatchOutcome, EnrichError> {
     let label = claim
         .priority
@@ -315,7 +328,25 @@ pub async fn queue_batch(
     };
     let mut task_ids = Vec::with_capacity(rows.len());
     let mut cve_ids = Vec::with_capacity(rows.len());
+    let follow_up = follow_up.filter(|_| rows.len() >= claim.limit as usize && !rows.is_empty());
+    let follow_at = rows.len() / 2;
+    let mut follow_up_id = None;
     for (i, row) in rows.iter().enumerate() {
+        if let Some(next) = follow_up.filter(|_| i == follow_at) {
+            // Same message priority as the CVE before it, so the broker's
+            // order (priority, then arrival) puts it right there.
+            let before = &rows[i.saturating_sub(1)];
+            let options = SendOptions {
+                priority: Some(message_priority(before.priority)),
+                ..SendOptions::default()
+            };
+            match producer.enqueue(next, options).await {
+                Ok(r) => follow_up_id = Some(r.id().to_string()),
+                // The batch itself is still worth queueing; the chain ends
+                // here and the next beat tick starts a new one.
+                Err(e) => tracing::warn!("cannot queue the follow-up LLM batch: {e}"),
+            }
+        }
         let task = ProcessCveWithLlm {
             cve_id: row.cve_id.clone(),
             claimed_until: row.llm_claimed_until,
@@ -348,6 +379,7 @@ pub async fn queue_batch(
         task_ids,
         cve_ids,
         priority: label,
+        follow_up: follow_up_id,
     })
 }
 

@@ -45,16 +45,22 @@ struct Env {
 
 impl Env {
     async fn new(b: Backend, llm_url: &str) -> Env {
+        Env::with(b, llm_url, &[]).await
+    }
+
+    /// [`Env::new`] with further variables.
+    async fn with(b: Backend, llm_url: &str, extra: &[(&str, &str)]) -> Env {
         let queue_dir = tempfile::tempdir().unwrap();
         let queue = format!("sqlite://{}", queue_dir.path().join("queue.db").display());
-        let config = Config::from_map(HashMap::from([
+        let mut env = HashMap::from([
             ("DATABASE_URL".to_string(), b.url.clone()),
             ("CELERY_BROKER_URL".to_string(), queue.clone()),
             ("CELERY_RESULT_BACKEND".to_string(), queue),
             ("OLLAMA_HOST".to_string(), llm_url.to_string()),
             ("OPENTHREAT_LLM_CONCURRENCY".to_string(), "2".to_string()),
-        ]))
-        .unwrap();
+        ]);
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let config = Config::from_map(env).unwrap();
         let producer = openthreat::runtime::open_producer(&config).await.unwrap();
         let ctx = AppContext::new(b.store.clone(), &config, producer).unwrap();
         Env {
@@ -67,6 +73,12 @@ impl Env {
 
     fn store(&self) -> &dyn Store {
         self.ctx.store.as_ref()
+    }
+
+    /// Queues one batch as `openthreat llm` does (no follow-up).
+    async fn queue_batch(&self, claim: &LlmClaim) -> Result<BatchOutcome, EnrichError> {
+        let ctx = &self.ctx;
+        enrich::queue_batch(&ctx.store, &ctx.enricher, &ctx.producer, claim, None).await
     }
 
     async fn process(&self, cve: &str) -> Result<Outcome, EnrichError> {
@@ -203,9 +215,7 @@ async fn unreachable_llm_skips_batches_and_retries_single_tasks() {
     let env = Env::new(b, &unreachable_url()).await;
 
     let claim = enrich::batch_claim(None, 10);
-    let out = enrich::queue_batch(&env.ctx.store, &env.ctx.enricher, &env.ctx.producer, &claim)
-        .await
-        .unwrap();
+    let out = env.queue_batch(&claim).await.unwrap();
     assert!(matches!(out, BatchOutcome::Skipped { .. }), "{out:?}");
     assert_eq!(serde_json::to_value(&out).unwrap()["skipped"], true);
     assert_eq!(env.waiting().await, 0, "nothing enqueued");
@@ -264,23 +274,13 @@ async fn batch_task_queues_claimed_cves_high_priority_first_and_worker_enriches_
     let llm = TestLlmServer::start().await;
     let b = sqlite().await;
     seed(b.store.as_ref(), &fixture_cves()).await;
-    let env = Env::new(b, &llm.url()).await;
+    // One batch, as the original did: no follow-up (see the chain test below).
+    let env = Env::with(b, &llm.url(), &[("OPENTHREAT_LLM_DRAIN", "false")]).await;
     let producer = env.ctx.producer.clone();
-    let r = producer
-        .send_task(
-            "tasks.process_llm_queue",
-            vec![],
-            serde_json::json!({"batch_size": 5, "priority": "all"})
-                .as_object()
-                .unwrap()
-                .clone(),
-            SendOptions::default(),
-        )
-        .await
-        .unwrap();
     let (stop, handle) = env.worker();
-    let result: Value = r.get(Duration::from_secs(30)).await.unwrap();
+    let result = batch_task(&env, 5).await;
     assert_eq!(result["queued"], 5, "{result}");
+    assert!(result.get("follow_up").is_none(), "{result}");
     let ids: Vec<String> = serde_json::from_value(result["task_ids"].clone()).unwrap();
     for t in ids {
         let out = producer
@@ -326,16 +326,101 @@ async fn batch_task_queues_claimed_cves_high_priority_first_and_worker_enriches_
     assert_eq!(stats["processed"], 6, "5 + the seeded one: {stats}");
 }
 
+/// Sends `tasks.process_llm_queue` and waits for its result.
+async fn batch_task(env: &Env, batch_size: i64) -> Value {
+    let r = env
+        .ctx
+        .producer
+        .send_task(
+            "tasks.process_llm_queue",
+            vec![],
+            serde_json::json!({"batch_size": batch_size, "priority": "all"})
+                .as_object()
+                .unwrap()
+                .clone(),
+            SendOptions::default(),
+        )
+        .await
+        .unwrap();
+    r.get(Duration::from_secs(30)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_batch_chains_follow_ups_until_the_backlog_is_done_one_chain_per_class() {
+    // One slot, 150 ms an answer: the backlog takes seconds, so the chain
+    // is still running when the second batch arrives.
+    let llm = TestLlmServer::start_with(openthreat_llm::test_server::TestServerOptions {
+        slots: 1,
+        latency: Duration::from_millis(150),
+        ..Default::default()
+    })
+    .await;
+    for b in backends().await {
+        let env = Env::new(b, &llm.url()).await;
+        let eligible = env.store().llm_candidates(None, 1000).await.unwrap().len();
+        assert!(eligible > 6, "{eligible}");
+        let (stop, handle) = env.worker();
+        // The first batch starts a chain: its follow-up is queued mid-batch.
+        let head = batch_task(&env, 2).await;
+        assert_eq!(head["queued"], 2, "{head}");
+        assert!(head["follow_up"].is_string(), "{}: {head}", env.b.name);
+        // A second batch while the chain runs is just a batch.
+        let second = batch_task(&env, 2).await;
+        assert_eq!(second["queued"], 2, "{second}");
+        assert!(second.get("follow_up").is_none(), "{second}");
+        // The chain drains the whole backlog, with no beat tick.
+        let mut stats = Value::Null;
+        for _ in 0..300 {
+            stats = enrich::stats_json(env.store()).await.unwrap();
+            if stats["processed"] == eligible as u64 + 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            stats["processed"],
+            eligible as u64 + 1,
+            "{}: all processed (and the seeded one): {stats}",
+            env.b.name
+        );
+        // Its last batch came back short and ended the chain, so the next
+        // batch may start one at once.
+        for _ in 0..50 {
+            if env
+                .store()
+                .get_state("llm.chain.all")
+                .await
+                .unwrap()
+                .as_deref()
+                == Some("")
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            env.store()
+                .get_state("llm.chain.all")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(""),
+            "{}",
+            env.b.name
+        );
+        assert_eq!(llm.max_in_flight(), 2, "OPENTHREAT_LLM_CONCURRENCY = 2");
+        stop.cancel();
+        let _ = handle.await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn overlapping_batches_never_claim_the_same_cve() {
     let llm = TestLlmServer::start().await;
     for b in backends().await {
         let env = Env::new(b, &llm.url()).await;
         let claim = enrich::batch_claim(None, 8);
-        let (a, c) = tokio::join!(
-            enrich::queue_batch(&env.ctx.store, &env.ctx.enricher, &env.ctx.producer, &claim),
-            enrich::queue_batch(&env.ctx.store, &env.ctx.enricher, &env.ctx.producer, &claim),
-        );
+        let (a, c) = tokio::join!(env.queue_batch(&claim), env.queue_batch(&claim),);
         let ids = |o: BatchOutcome| match o {
             BatchOutcome::Queued { cve_ids, .. } => cve_ids,
             other => panic!("{other:?}"),
@@ -570,10 +655,7 @@ async fn high_priority_cves_jump_ahead_of_a_low_backlog() {
         let claim = enrich::batch_claim(Some(p), 3);
         let env = &env;
         async move {
-            match enrich::queue_batch(&env.ctx.store, &env.ctx.enricher, &env.ctx.producer, &claim)
-                .await
-                .unwrap()
-            {
+            match env.queue_batch(&claim).await.unwrap() {
                 BatchOutcome::Queued { cve_ids, .. } => cve_ids,
                 other => panic!("{other:?}"),
             }
@@ -610,4 +692,137 @@ async fn high_priority_cves_jump_ahead_of_a_low_backlog() {
         order[high.len()..].iter().all(|(p, _)| *p == 6),
         "{order:?}"
     );
+}
+
+/// Kills the child process when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The value of the one sample line of `/metrics` whose name and labels
+/// contain every needle; `None` when there is none.
+fn sample(text: &str, needles: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| needles.iter().all(|n| l.contains(n)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Scrapes `/metrics` until the sample has `value`; the text of that scrape.
+async fn wait_for(http: &reqwest::Client, base: &str, needles: &[&str], value: f64) -> String {
+    let mut last = String::new();
+    for _ in 0..300 {
+        if let Ok(r) = http.get(format!("{base}/metrics")).send().await {
+            if let Ok(text) = r.text().await {
+                if sample(&text, needles) == Some(value) {
+                    return text;
+                }
+                last = text;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{needles:?} never reached {value}:\n{last}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_exposes_llm_call_latency_and_failures_in_metrics() {
+    let llm = TestLlmServer::start().await;
+    let b = sqlite().await;
+    seed(b.store.as_ref(), &fixture_cves()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    // `openthreat run`: API and worker in one process, on the embedded queue.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_openthreat"));
+    cmd.current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &b.url)
+        .env("OLLAMA_HOST", llm.url())
+        .env("OPENTHREAT_BIND", format!("127.0.0.1:{port}"))
+        .args(["run", "--without-beat", "-c", "2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _child = KillOnDrop(cmd.spawn().unwrap());
+    let http = reqwest::Client::new();
+    let enrich = |cve: &'static str| {
+        let http = http.clone();
+        let url = format!("{base}/api/v1/llm/process/{cve}");
+        async move {
+            let r = http.post(url).send().await.unwrap();
+            assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        }
+    };
+    // The server is up once /metrics answers.
+    wait_for(&http, &base, &["openthreat_cves{", "kind=\"all\""], 20.0).await;
+
+    // One failure of a known kind: both the answer and its repair are invalid.
+    llm.push(Reply::Content("Sure! Here is a summary: it is bad.".into()));
+    llm.push(Reply::Content("not json at all".into()));
+    enrich("CVE-2019-0708").await;
+    const BAD: &[&str] = &[
+        "openthreat_llm_failures_total{",
+        "kind=\"bad_output\"",
+        "model=\"llama3.2:3b\"",
+        "provider=\"ollama\"",
+    ];
+    wait_for(&http, &base, BAD, 1.0).await;
+    // One success.
+    enrich(LOG4SHELL_FREE).await;
+    const VALID: &[&str] = &[
+        "openthreat_llm_call_duration_seconds_count{",
+        "outcome=\"valid\"",
+    ];
+    let text = wait_for(&http, &base, VALID, 1.0).await;
+
+    // Both calls of the failed enrichment are timed as invalid answers.
+    let invalid = [
+        "openthreat_llm_call_duration_seconds_count{",
+        "outcome=\"invalid\"",
+    ];
+    assert_eq!(sample(&text, &invalid), Some(2.0), "{text}");
+    assert_eq!(sample(&text, BAD), Some(1.0), "{text}");
+    let failures: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("openthreat_llm_failures_total{"))
+        .collect();
+    assert_eq!(failures.len(), 1, "no other failure kind: {failures:?}");
+    // Buckets are there, and a call of the local server fits the smallest ones.
+    assert!(
+        sample(
+            &text,
+            &[
+                "openthreat_llm_call_duration_seconds_bucket{",
+                "le=\"+Inf\"",
+                "outcome=\"valid\""
+            ]
+        ) == Some(1.0),
+        "{text}"
+    );
+    // Process-independent counts come from the store: one failed CVE, one more processed.
+    assert_eq!(
+        sample(&text, &["openthreat_cves{", "kind=\"llm_failed\""]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, &["openthreat_cves{", "kind=\"llm_parked\""]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, &["openthreat_cves{", "kind=\"llm_processed\""]),
+        Some(2.0)
+    );
+    assert_eq!(llm.chats_answered(), 3);
 }

@@ -33,7 +33,6 @@ fn python(env: &Env) -> Command {
     c
 }
 
-
 /// `celery -A pyapp <args> --json`, parsed.
 async fn celery_json(env: &Env, args: &[&str]) -> Value {
     let out = tokio::time::timeout(

@@ -24,7 +24,6 @@ async fn envs() -> Vec<Env> {
     v
 }
 
-
 async fn ask(env: &Env, method: &str, args: Value) -> Value {
     let mut b = Broadcast::new(method);
     b.arguments = args.as_object().cloned().unwrap_or_default();

@@ -4,9 +4,15 @@
 //! the route *template* (`/api/v1/vulnerabilities/{cve_id}`), never the raw
 //! path, so a scanner cannot blow up the number of series. The data gauges
 //! (CVE totals, queue lengths, last ingestion per source) are refreshed when
-//! Prometheus scrapes, from the same store and gateway the API uses.
-//! [`Metrics::llm_call_seconds`] and [`Metrics::llm_call_failures`] are there
-//! for the LLM client to record into when it runs in this process.
+//! Prometheus scrapes, from the same store and gateway the API uses; the LLM
+//! counts that belong to the data rather than to a process (failed and parked
+//! CVEs) come from the store the same way.
+//!
+//! LLM calls are recorded by the enricher itself: [`Metrics`] is the llm
+//! crate's [`LlmObserver`], so a process that runs LLM tasks and serves the
+//! API (`openthreat run`) shows the latency of every call by provider, model
+//! and outcome, and failed enrichments by kind. A process that only serves
+//! the API shows these metrics empty: the calls happen in the workers.
 
 use std::time::Instant;
 
@@ -18,6 +24,8 @@ use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+
+use openthreat_llm::{CallEvent, LlmError, LlmObserver, ProviderKind};
 
 use super::error::ApiError;
 use super::AppState;
@@ -37,10 +45,12 @@ pub struct Metrics {
     queue_priority_length: IntGaugeVec,
     last_ingestion: GaugeVec,
     up: IntGauge,
-    /// LLM call latency by provider and outcome.
-    pub llm_call_seconds: HistogramVec,
-    /// LLM calls that failed, by provider and reason.
-    pub llm_call_failures: IntCounterVec,
+    /// LLM call latency by provider, model and outcome (`valid`,
+    /// `invalid`, or the error kind).
+    llm_call_seconds: HistogramVec,
+    /// Failed enrichments by provider, model and kind (`unreachable`,
+    /// `model_missing`, `transient`, `bad_output`, `rejected`, `config`).
+    llm_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -70,7 +80,8 @@ impl Metrics {
         let cves = IntGaugeVec::new(
             Opts::new(
                 "cves",
-                "CVEs by kind: all, exploited, llm_processed, llm_pending",
+                "CVEs by kind: all, exploited, llm_processed, llm_pending, llm_failed \
+                 (retried), llm_parked (no longer retried), llm_claimed (being enriched)",
             ),
             &["kind"],
         )?;
@@ -86,14 +97,24 @@ impl Metrics {
             &["source"],
         )?;
         let up = IntGauge::new("store_up", "1 when the last scrape could read the database")?;
+        // From a fast GPU (tenths of a second) to a CPU-only generation
+        // that reaches the default 120 s timeout.
         let llm_call_seconds = HistogramVec::new(
-            HistogramOpts::new("llm_call_duration_seconds", "LLM call latency")
-                .buckets(vec![0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0]),
-            &["provider", "outcome"],
+            HistogramOpts::new(
+                "llm_call_duration_seconds",
+                "LLM chat call latency by provider, model and outcome (valid, invalid answer, or error kind)",
+            )
+            .buckets(vec![
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
+            ]),
+            &["provider", "model", "outcome"],
         )?;
-        let llm_call_failures = IntCounterVec::new(
-            Opts::new("llm_call_failures_total", "Failed LLM calls"),
-            &["provider", "reason"],
+        let llm_failures = IntCounterVec::new(
+            Opts::new(
+                "llm_failures_total",
+                "Failed LLM enrichments by kind: unreachable, model_missing, transient, bad_output, rejected, config",
+            ),
+            &["provider", "model", "kind"],
         )?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_seconds.clone()))?;
@@ -102,7 +123,7 @@ impl Metrics {
         registry.register(Box::new(last_ingestion.clone()))?;
         registry.register(Box::new(up.clone()))?;
         registry.register(Box::new(llm_call_seconds.clone()))?;
-        registry.register(Box::new(llm_call_failures.clone()))?;
+        registry.register(Box::new(llm_failures.clone()))?;
         Ok(Metrics {
             registry,
             celery,
@@ -114,7 +135,7 @@ impl Metrics {
             last_ingestion,
             up,
             llm_call_seconds,
-            llm_call_failures,
+            llm_failures,
         })
     }
 
@@ -125,16 +146,17 @@ impl Metrics {
         self.up.set(i64::from(stats.is_ok() && runs.is_ok()));
         if let Ok(stats) = &stats {
             let llm = &stats.llm;
-            self.cves.with_label_values(&["all"]).set(llm.total as i64);
-            self.cves
-                .with_label_values(&["llm_processed"])
-                .set(llm.processed as i64);
-            self.cves
-                .with_label_values(&["llm_pending"])
-                .set(llm.pending as i64);
-            self.cves
-                .with_label_values(&["exploited"])
-                .set(stats.exploited_vulnerabilities as i64);
+            for (kind, n) in [
+                ("all", llm.total),
+                ("llm_processed", llm.processed),
+                ("llm_pending", llm.pending),
+                ("llm_failed", llm.failed),
+                ("llm_parked", llm.parked),
+                ("llm_claimed", llm.claimed),
+                ("exploited", stats.exploited_vulnerabilities),
+            ] {
+                self.cves.with_label_values(&[kind]).set(n as i64);
+            }
         }
         if let Ok(runs) = runs {
             // Newest first: the first successful run per source wins.
@@ -170,6 +192,20 @@ impl Metrics {
                 }
             }
         }
+    }
+}
+
+impl LlmObserver for Metrics {
+    fn call(&self, event: &CallEvent<'_>) {
+        self.llm_call_seconds
+            .with_label_values(&[event.provider.as_str(), event.model, event.outcome.as_str()])
+            .observe(event.elapsed.as_secs_f64());
+    }
+
+    fn failure(&self, provider: ProviderKind, model: &str, error: &LlmError) {
+        self.llm_failures
+            .with_label_values(&[provider.as_str(), model, error.kind()])
+            .inc();
     }
 }
 

@@ -204,9 +204,17 @@ impl AppState {
         self
     }
 
+    /// Uses `metrics` instead of a fresh registry: `openthreat run` creates
+    /// them first so that its worker's LLM calls are recorded where `/metrics`
+    /// reads.
+    pub fn with_metrics(mut self, metrics: Arc<metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     /// The Prometheus registry, for other parts of the process (the LLM
-    /// client, the worker in `openthreat run`) to register their metrics in.
-    pub fn metrics(&self) -> &metrics::Metrics {
+    /// client, the worker in `openthreat run`) to record into.
+    pub fn metrics(&self) -> &Arc<metrics::Metrics> {
         &self.metrics
     }
 }

@@ -143,7 +143,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let claim = enrich::batch_claim(priority, args.batch_size);
     if !args.now {
         let producer = runtime::open_producer(config).await?;
-        let outcome = enrich::queue_batch(&store, &enricher, &producer, &claim).await?;
+        let outcome = enrich::queue_batch(&store, &enricher, &producer, &claim, None).await?;
         if args.json {
             println!("{}", serde_json::to_value(&outcome)?);
         } else {

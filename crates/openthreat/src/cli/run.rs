@@ -4,10 +4,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 
-use openthreat_queue::Worker;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{redact_url, Config};
@@ -17,7 +17,7 @@ use crate::{api, runtime, schedule};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Tasks run at the same time by the embedded worker (default: the number of CPUs).
+    /// Tasks run at the same time by the embedded worker (default: the number of CPUs plus OPENTHREAT_LLM_CONCURRENCY).
     #[arg(short = 'c', long)]
     concurrency: Option<usize>,
     /// A TOML schedule file that replaces the default timetable (also OPENTHREAT_SCHEDULE).
@@ -95,13 +95,16 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     println!("Press Ctrl-C to stop.");
 
     let stop = CancellationToken::new();
-    let ctx = AppContext::new(
+    // One registry for the API and the worker's LLM calls, so /metrics shows both.
+    let metrics = Arc::new(api::metrics::Metrics::new()?);
+    let ctx = AppContext::with_llm_observer(
         store.clone(),
         config,
         runtime::producer(config, broker.clone(), backend.clone()).await?,
+        metrics.clone(),
     )
     .context("LLM configuration (OPENTHREAT_LLM_*, OLLAMA_*)")?;
-    let builder = tasks::register_all(Worker::builder(broker.clone(), backend.clone(), ctx));
+    let builder = tasks::worker_builder(broker.clone(), backend.clone(), ctx);
     let mut builder = runtime::monitored(builder, config, !args.without_events).await?;
     if let Some(n) = args.concurrency {
         anyhow::ensure!(n > 0, "--concurrency must be at least 1");
@@ -117,7 +120,8 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         Some(runtime::open_fanout(config).await?),
         entries.clone(),
         Some(worker.state()),
-    )?;
+    )?
+    .with_metrics(metrics);
     if let Err(e) = runtime::start_monitor(
         config,
         &state.metrics().celery,

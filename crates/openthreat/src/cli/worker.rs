@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use openthreat_queue::Worker;
 
 use crate::config::{redact_url, Config};
 use crate::runtime;
@@ -11,7 +10,7 @@ use crate::tasks::{self, AppContext};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Tasks run at the same time (default: the number of CPUs).
+    /// Tasks run at the same time (default: the number of CPUs plus OPENTHREAT_LLM_CONCURRENCY).
     #[arg(short = 'c', long)]
     concurrency: Option<usize>,
     /// Queues to consume, comma-separated (Celery's default queue is `celery`).
@@ -38,8 +37,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         runtime::producer(config, broker.clone(), backend.clone()).await?,
     )
     .context("LLM configuration (OPENTHREAT_LLM_*, OLLAMA_*)")?;
-    let builder =
-        tasks::register_all(Worker::builder(broker, backend, ctx)).queues(args.queues.clone());
+    let builder = tasks::worker_builder(broker, backend, ctx).queues(args.queues.clone());
     let mut builder = runtime::monitored(builder, config, !args.without_events).await?;
     if let Some(n) = args.concurrency {
         anyhow::ensure!(n > 0, "--concurrency must be at least 1");

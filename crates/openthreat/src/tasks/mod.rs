@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
-use openthreat_llm::{Enricher, LlmConfig, LlmError};
+use openthreat_llm::{Enricher, LlmConfig, LlmError, LlmObserver};
 use openthreat_queue::worker::WorkerBuilder;
-use openthreat_queue::Producer;
+use openthreat_queue::{Broker, Producer, ResultBackend, Worker};
 use openthreat_store::Store;
 
 use crate::config::Config;
@@ -52,14 +52,67 @@ impl AppContext {
         config: &Config,
         producer: Producer,
     ) -> Result<Self, LlmError> {
+        Self::build(store, config, producer, None)
+    }
+
+    /// [`AppContext::new`], with the enricher reporting every LLM call and
+    /// failure to `observer` (the process's metrics in `openthreat run`).
+    pub fn with_llm_observer(
+        store: Arc<dyn Store>,
+        config: &Config,
+        producer: Producer,
+        observer: Arc<dyn LlmObserver>,
+    ) -> Result<Self, LlmError> {
+        Self::build(store, config, producer, Some(observer))
+    }
+
+    fn build(
+        store: Arc<dyn Store>,
+        config: &Config,
+        producer: Producer,
+        observer: Option<Arc<dyn LlmObserver>>,
+    ) -> Result<Self, LlmError> {
         let llm = LlmConfig::from_env_map(&config.env)?;
+        let mut enricher = Enricher::from_config(&llm)?;
+        if let Some(o) = observer {
+            enricher = enricher.with_observer(o);
+        }
         Ok(AppContext {
             store,
             config: Arc::new(config.clone()),
-            enricher: Arc::new(Enricher::from_config(&llm)?),
+            enricher: Arc::new(enricher),
             producer,
         })
     }
+}
+
+/// The worker `openthreat worker` and `openthreat run` build: every task
+/// registered, over `broker` and `backend`, with
+/// [`default_worker_concurrency`]. Benchmarks and tests use it too, so they
+/// measure the defaults an operator gets; `-c` overrides the concurrency.
+pub fn worker_builder(
+    broker: Arc<dyn Broker>,
+    backend: Arc<dyn ResultBackend>,
+    ctx: AppContext,
+) -> WorkerBuilder<AppContext> {
+    let llm_slots = ctx.enricher.concurrency();
+    register_all(Worker::builder(broker, backend, ctx))
+        .concurrency(default_worker_concurrency(llm_slots))
+}
+
+/// Task slots of a worker: one per CPU, plus one per LLM call allowed in
+/// flight (`OPENTHREAT_LLM_CONCURRENCY`).
+///
+/// An LLM task holds its worker slot for the whole generation while using
+/// no CPU. With one slot per CPU only, a 2-core machine could never have
+/// more than 2 calls in flight, however many parallel slots the LLM server
+/// has; and a worker whose slots are all generating runs nothing else.
+/// Adding the LLM's slots lets the LLM be kept full while the CPU slots
+/// remain for stores, results and the other tasks. Slots are tokio tasks,
+/// so the extra ones cost nothing while idle.
+pub fn default_worker_concurrency(llm_concurrency: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
+    cpus + llm_concurrency
 }
 
 /// Registers every task this binary defines on a worker.

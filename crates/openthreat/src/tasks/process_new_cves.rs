@@ -19,6 +19,6 @@ impl Task for ProcessNewCves {
     type Output = Value;
 
     async fn run(self, ctx: TaskContext<AppContext>) -> Result<Value, TaskError> {
-        run_batch(ctx.app(), &enrich::new_cves_claim()).await
+        run_batch(ctx.app(), &enrich::new_cves_claim(), None).await
     }
 }
