@@ -493,3 +493,61 @@ fn inspect_control_and_events_reach_run_in_another_process_on_the_embedded_queue
     assert_eq!(code, Some(0), "{output}");
     drop(run_out);
 }
+
+/// `openthreat inspect ping` is answered by a Python Celery worker on the same Redis.
+#[test]
+fn inspect_ping_reaches_a_python_celery_worker() {
+    if !support::redis_up() {
+        support::unavailable("Redis", "127.0.0.1:6379 refused the connection");
+        return;
+    }
+    let has_celery = Command::new("python3")
+        .args(["-c", "import celery"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_celery {
+        support::unavailable("Python celery", "python3 -c 'import celery' failed");
+        return;
+    }
+    let prefix = format!("ot-cli-py-{}:", std::process::id());
+    let node = format!("py{}@cli-test", std::process::id());
+    let python_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../queue/tests/python");
+    let mut worker = Command::new("python3")
+        .current_dir(python_dir)
+        .env("OTQ_URL", "redis://127.0.0.1:6379/0")
+        .env("OTQ_PREFIX", &prefix)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .args([
+            "-m", "celery", "-A", "pyapp", "worker", "-P", "solo", "-l", "WARNING",
+        ])
+        .args([
+            "-Q",
+            &format!("{prefix}q"),
+            "--without-gossip",
+            "--without-mingle",
+        ])
+        .args(["-n", &node])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("redis://127.0.0.1:6379/0?global_keyprefix={prefix}");
+    let env = [("REDIS_URL", url.as_str()), NO_OLLAMA];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let out = openthreat(
+            dir.path(),
+            &env,
+            &["inspect", "ping", "-d", &node, "--json"],
+        );
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+    };
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert!(out.status.success(), "no answer: {}", text(&out));
+    let replies: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(replies, serde_json::json!({node: {"ok": "pong"}}));
+}
