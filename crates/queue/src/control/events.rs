@@ -32,6 +32,9 @@ pub const HEARTBEAT_FREQ: f64 = 2.0;
 /// Events waiting for the publisher before new ones are dropped.
 const EVENT_BUFFER: usize = 10_000;
 
+/// Most events published in one round trip.
+const PUBLISH_BATCH: usize = 256;
+
 /// Hours west of UTC, as Celery's `utcoffset()`.
 fn utcoffset() -> i64 {
     let east = chrono::Local::now().offset().local_minus_utc() as i64;
@@ -61,10 +64,14 @@ impl EventDispatcher {
         let (tx, mut rx) = mpsc::channel::<(String, String)>(EVENT_BUFFER);
         let publish_to = fanout.clone();
         let publisher = tokio::spawn(async move {
-            while let Some((rk, raw)) = rx.recv().await {
-                if let Err(e) = publish_to.publish(EVENT_EXCHANGE, &rk, &raw).await {
-                    tracing::debug!(error = %e, "event not published");
+            // Whatever queued up while the last batch was on the wire goes in
+            // the next one: one round trip per burst, not per event.
+            let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+            while rx.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+                if let Err(e) = publish_to.publish_many(EVENT_EXCHANGE, &batch).await {
+                    tracing::debug!(error = %e, count = batch.len(), "events not published");
                 }
+                batch.clear();
             }
         });
         Arc::new(EventDispatcher {

@@ -35,6 +35,14 @@ pub trait Fanout: Send + Sync + Debug + 'static {
     /// Broadcasts the encoded envelope `raw` to every current subscriber of
     /// `exchange`. Nobody listening is not an error.
     async fn publish(&self, exchange: &str, routing_key: &str, raw: &str) -> Result<()>;
+    /// Publishes several `(routing_key, raw)` messages on `exchange` in one
+    /// round trip where the transport allows (events come in bursts).
+    async fn publish_many(&self, exchange: &str, messages: &[(String, String)]) -> Result<()> {
+        for (rk, raw) in messages {
+            self.publish(exchange, rk, raw).await?;
+        }
+        Ok(())
+    }
     /// Receives, from now on, everything published on `exchange` whatever the
     /// routing key. The subscription is active when this returns.
     async fn subscribe(&self, exchange: &str) -> Result<Subscription>;
@@ -154,6 +162,19 @@ impl Fanout for RedisFanout {
             .arg(raw)
             .query_async::<i64>(&mut conn)
             .await?;
+        Ok(())
+    }
+
+    async fn publish_many(&self, exchange: &str, messages: &[(String, String)]) -> Result<()> {
+        let mut pipe = redis::pipe();
+        for (rk, raw) in messages {
+            pipe.cmd("PUBLISH")
+                .arg(self.topic(exchange, rk))
+                .arg(raw)
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await?;
         Ok(())
     }
 
@@ -296,7 +317,7 @@ CREATE TABLE IF NOT EXISTS queue_direct_bindings (
 /// them, short enough that the table stays small.
 const SQLITE_FANOUT_KEEP: f64 = 60.0;
 /// How often subscribers and `pop` look for new rows.
-const SQLITE_POLL: Duration = Duration::from_millis(50);
+const SQLITE_POLL: Duration = Duration::from_millis(25);
 /// Reply queues nobody collected are removed after this long.
 const SQLITE_DIRECT_KEEP: f64 = 300.0;
 
@@ -357,6 +378,30 @@ impl Fanout for SqliteFanout {
             .fetch_add(1, Ordering::Relaxed)
             .is_multiple_of(500)
         {
+            self.prune().await?;
+        }
+        Ok(())
+    }
+
+    async fn publish_many(&self, exchange: &str, messages: &[(String, String)]) -> Result<()> {
+        let at = now();
+        let mut tx = self.pool.begin().await?;
+        for (rk, raw) in messages {
+            sqlx::query(
+                "INSERT INTO queue_fanout (exchange, routing_key, payload, at) VALUES (?, ?, ?, ?)",
+            )
+            .bind(exchange)
+            .bind(rk)
+            .bind(raw)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        let before = self
+            .published
+            .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        if before / 500 != (before + messages.len() as u64) / 500 {
             self.prune().await?;
         }
         Ok(())
