@@ -328,14 +328,33 @@ pub struct SqliteFanout {
     published: AtomicU64,
 }
 
+/// `sqlite:dir/queue.db?opts` → `sqlite:dir/queue.control.db?opts`.
+fn control_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let file = match base.strip_suffix(".db") {
+        Some(stem) => format!("{stem}.control.db"),
+        None => format!("{base}.control"),
+    };
+    match query {
+        Some(q) => format!("{file}?{q}"),
+        None => file,
+    }
+}
+
 fn now() -> f64 {
     chrono::Utc::now().timestamp_micros() as f64 / 1e6
 }
 
 impl SqliteFanout {
-    /// Opens the file behind `url` (`sqlite:path`) and creates the tables.
+    /// Opens the control file beside the queue file behind `url`
+    /// (`sqlite:path/queue.db` → `path/queue.control.db`) and creates the
+    /// tables. A file of its own, so events never wait for the queue's
+    /// write lock and the queue never waits for theirs.
     pub async fn connect(url: &str) -> Result<Self> {
-        let pool = crate::broker::sqlite::open(url).await?;
+        let pool = crate::broker::sqlite::open(&control_url(url)).await?;
         sqlx::raw_sql(SQLITE_SCHEMA).execute(&pool).await?;
         Ok(SqliteFanout {
             pool,
@@ -358,6 +377,21 @@ impl SqliteFanout {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_file_beside_the_queue_file() {
+        assert_eq!(
+            super::control_url("sqlite://data/queue.db"),
+            "sqlite://data/queue.control.db"
+        );
+        assert_eq!(
+            super::control_url("sqlite:/tmp/q?mode=rwc"),
+            "sqlite:/tmp/q.control?mode=rwc"
+        );
     }
 }
 
