@@ -380,21 +380,6 @@ impl SqliteFanout {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn control_file_beside_the_queue_file() {
-        assert_eq!(
-            super::control_url("sqlite://data/queue.db"),
-            "sqlite://data/queue.control.db"
-        );
-        assert_eq!(
-            super::control_url("sqlite:/tmp/q?mode=rwc"),
-            "sqlite:/tmp/q.control?mode=rwc"
-        );
-    }
-}
-
 #[async_trait]
 impl Fanout for SqliteFanout {
     async fn publish(&self, exchange: &str, routing_key: &str, raw: &str) -> Result<()> {
@@ -544,5 +529,20 @@ impl Fanout for SqliteFanout {
             }
             tokio::time::sleep(SQLITE_POLL).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_file_beside_the_queue_file() {
+        assert_eq!(
+            super::control_url("sqlite://data/queue.db"),
+            "sqlite://data/queue.control.db"
+        );
+        assert_eq!(
+            super::control_url("sqlite:/tmp/q?mode=rwc"),
+            "sqlite:/tmp/q.control?mode=rwc"
+        );
     }
 }
