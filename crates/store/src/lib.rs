@@ -34,6 +34,12 @@
 //!   (`2024-04-12T08:15:06.123456Z`), which sorts and compares correctly.
 //! * `updated_at` changes only when the source facts of a CVE change (an
 //!   import, KEV or EPSS), not on LLM enrichment or priority decay.
+//! * Full-text search (`ListQuery::q`, [`Store::index_search`]): a
+//!   contentless FTS5 table on SQLite, a `tsvector` side table with a GIN
+//!   index on PostgreSQL. Neither is maintained inside the upsert, which
+//!   only notes what changed (nothing at all for new rows on SQLite, whose
+//!   ids only grow); the index catches up in one statement per ingestion
+//!   run, so imports stay fast and a search still sees every write.
 
 use std::sync::Arc;
 
@@ -175,7 +181,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn get_cve(&self, cve_id: &CveId) -> Result<Option<VulnerabilityRow>>;
 
     /// A filtered, sorted page of CVEs with the total count.
+    ///
+    /// With a `q`, the search index is brought up to date first when
+    /// anything is pending (see [`Store::index_search`]), so a search always
+    /// sees every committed write; that check is one cheap query.
     async fn list_cves(&self, query: &ListQuery) -> Result<Page<VulnerabilityRow>>;
+
+    /// Brings the full-text search index up to date, in one transaction:
+    /// indexes the CVEs stored since it last ran and re-indexes those whose
+    /// text changed (a newer NVD record, an LLM result). Returns how many
+    /// CVEs were (re)indexed.
+    ///
+    /// Writes do not index: that would put tokenising and index maintenance
+    /// into every import batch. The ingestion service calls this at the end
+    /// of each run and the enrichment service after each save; searches
+    /// call it when something is pending. Idempotent and safe to run
+    /// concurrently with writes and with itself.
+    async fn index_search(&self) -> Result<u64>;
 
     /// Up to `limit` CVEs whose id or title starts with `prefix`
     /// (case-insensitive), ids first.
