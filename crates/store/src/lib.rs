@@ -22,6 +22,8 @@
 //! * `postgres` / `sqlite`: the two implementations. Each has its own
 //!   migrations under `migrations/<backend>/`, embedded in the binary.
 //! * [`error`]: [`StoreError`] and URL redaction.
+//! * `totals`: a few seconds' cache of listing totals (counting is the
+//!   expensive part of a page).
 //!
 //! # Storage decisions
 //! * List columns (CWE ids, vendors, products, references, ...) are JSON:
@@ -53,6 +55,7 @@ mod plan;
 mod postgres;
 pub mod query;
 mod sqlite;
+mod totals;
 
 pub use error::{redact_url, Result, StoreError};
 pub use models::{
@@ -181,6 +184,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn get_cve(&self, cve_id: &CveId) -> Result<Option<VulnerabilityRow>>;
 
     /// A filtered, sorted page of CVEs with the total count.
+    ///
+    /// Totals are cached for a few seconds (the rows never are): writes
+    /// through this store show at once, writes by another process within
+    /// 10 s (see `totals.rs`).
     ///
     /// With a `q`, the search index is brought up to date first when
     /// anything is pending (see [`Store::index_search`]), so a search always

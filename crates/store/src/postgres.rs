@@ -38,6 +38,8 @@ const ROWS_PER_STATEMENT: usize = 5000;
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Listing totals, shared by the clones of this store.
+    totals: std::sync::Arc<crate::totals::TotalsCache>,
 }
 
 fn vuln_row(row: &PgRow) -> Result<VulnerabilityRow, sqlx::Error> {
@@ -88,7 +90,10 @@ impl PgStore {
                 url: redact_url(url),
                 reason: redact_url(&e.to_string()),
             })?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            totals: Default::default(),
+        })
     }
 
     /// The underlying pool, for callers that need PostgreSQL directly.
@@ -293,6 +298,7 @@ impl Store for PgStore {
         cves: &[openthreat_core::Cve],
         now: DateTime<Utc>,
     ) -> Result<UpsertSummary> {
+        self.totals.invalidate();
         if cves.is_empty() {
             return Ok(UpsertSummary::default());
         }
@@ -343,6 +349,7 @@ impl Store for PgStore {
         entries: &[(CveId, KevFacts)],
         now: DateTime<Utc>,
     ) -> Result<ApplySummary> {
+        self.totals.invalidate();
         let (map, ids) = dedup_by_id(entries);
         let mut tx = self.pool.begin().await?;
         for chunk in ids.chunks(ROWS_PER_STATEMENT) {
@@ -391,6 +398,7 @@ impl Store for PgStore {
         scores: &[(CveId, Epss)],
         now: DateTime<Utc>,
     ) -> Result<ApplySummary> {
+        self.totals.invalidate();
         for (id, e) in scores {
             check_epss(id.as_str(), e)?;
         }
@@ -416,6 +424,7 @@ impl Store for PgStore {
     }
 
     async fn recompute_priorities(&self, now: DateTime<Utc>) -> Result<u64> {
+        self.totals.invalidate();
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(
             "SELECT cve_id, cvss_score, severity, published_at, exploited_in_the_wild, \
@@ -480,9 +489,21 @@ impl Store for PgStore {
                 self.index_search().await?;
             }
         }
-        let mut count = QueryBuilder::<Postgres>::new("SELECT COUNT(*) FROM vulnerabilities");
-        push_filters(&mut count, query, true);
-        let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+        let key = crate::totals::TotalsCache::key(query);
+        let total = match key.as_deref().and_then(|k| self.totals.get(k)) {
+            Some(total) => total,
+            None => {
+                let generation = self.totals.generation();
+                let mut count =
+                    QueryBuilder::<Postgres>::new("SELECT COUNT(*) FROM vulnerabilities");
+                push_filters(&mut count, query, true);
+                let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+                if let Some(key) = key {
+                    self.totals.put(key, total, generation);
+                }
+                total
+            }
+        };
 
         let mut list =
             QueryBuilder::<Postgres>::new(format!("SELECT {VULN_COLUMNS} FROM vulnerabilities"));
@@ -525,6 +546,7 @@ impl Store for PgStore {
     }
 
     async fn index_search(&self) -> Result<u64> {
+        self.totals.invalidate();
         // Taking the pending ids and indexing their current text is one
         // statement. A row changed by a transaction still open is not
         // visible here; its pending note commits with it and is taken by
@@ -769,6 +791,7 @@ impl Store for PgStore {
     }
 
     async fn save_enrichment(&self, cve_id: &CveId, e: &Enrichment) -> Result<()> {
+        self.totals.invalidate();
         // The same statement notes the row for the search index, so the
         // LLM's words are searchable from the next index_search().
         let updated: i64 = sqlx::query_scalar(

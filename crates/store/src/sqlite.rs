@@ -43,6 +43,8 @@ const TERMS_PER_INSERT: usize = 500;
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Listing totals, shared by the clones of this store.
+    totals: std::sync::Arc<crate::totals::TotalsCache>,
 }
 
 /// SQLite keeps timestamps as text; a fixed width (microseconds, `Z`) makes
@@ -189,7 +191,10 @@ impl SqliteStore {
             .connect_with(opts)
             .await
             .map_err(|e| connect_err(redact_url(&e.to_string())))?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            totals: Default::default(),
+        })
     }
 
     /// The underlying pool, for callers that need SQLite directly (tests, tools).
@@ -381,6 +386,7 @@ impl Store for SqliteStore {
         cves: &[openthreat_core::Cve],
         now: DateTime<Utc>,
     ) -> Result<UpsertSummary> {
+        self.totals.invalidate();
         if cves.is_empty() {
             return Ok(UpsertSummary::default());
         }
@@ -444,6 +450,7 @@ impl Store for SqliteStore {
         entries: &[(CveId, KevFacts)],
         now: DateTime<Utc>,
     ) -> Result<ApplySummary> {
+        self.totals.invalidate();
         let (map, ids) = dedup_by_id(entries);
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let now_s = ts(now);
@@ -491,6 +498,7 @@ impl Store for SqliteStore {
         scores: &[(CveId, Epss)],
         now: DateTime<Utc>,
     ) -> Result<ApplySummary> {
+        self.totals.invalidate();
         for (id, e) in scores {
             check_epss(id.as_str(), e)?;
         }
@@ -516,6 +524,7 @@ impl Store for SqliteStore {
     }
 
     async fn recompute_priorities(&self, now: DateTime<Utc>) -> Result<u64> {
+        self.totals.invalidate();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let rows = sqlx::query(
             "SELECT cve_id, cvss_score, severity, published_at, exploited_in_the_wild, \
@@ -566,9 +575,20 @@ impl Store for SqliteStore {
         if query.q_phrases().is_some_and(|p| !p.is_empty()) {
             self.index_search_if_pending().await?;
         }
-        let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM vulnerabilities");
-        push_filters(&mut count, query, true);
-        let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+        let key = crate::totals::TotalsCache::key(query);
+        let total = match key.as_deref().and_then(|k| self.totals.get(k)) {
+            Some(total) => total,
+            None => {
+                let generation = self.totals.generation();
+                let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM vulnerabilities");
+                push_filters(&mut count, query, true);
+                let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+                if let Some(key) = key {
+                    self.totals.put(key, total, generation);
+                }
+                total
+            }
+        };
 
         let mut list =
             QueryBuilder::<Sqlite>::new(format!("SELECT {VULN_COLUMNS} FROM vulnerabilities"));
@@ -615,6 +635,7 @@ impl Store for SqliteStore {
     }
 
     async fn index_search(&self) -> Result<u64> {
+        self.totals.invalidate();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let upto: i64 = sqlx::query_scalar("SELECT indexed_upto FROM search_index_state")
             .fetch_one(&mut *tx)
@@ -905,6 +926,7 @@ impl Store for SqliteStore {
     }
 
     async fn save_enrichment(&self, cve_id: &CveId, e: &Enrichment) -> Result<()> {
+        self.totals.invalidate();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query(
             "UPDATE vulnerabilities SET simple_title = ?, simple_description = ?, \
