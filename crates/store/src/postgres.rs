@@ -26,7 +26,7 @@ use crate::plan::{
     self, check_epss, compute_priority, dedup_by_id, existing_from, facts_from, plan_facts,
     plan_upsert, FactsRow, FactsUpdate, PriorityInputs, RowValues, FACTS_COLUMNS, UPSERT_COLUMNS,
 };
-use crate::query::{escape_like, ListQuery};
+use crate::query::{escape_like, ListQuery, SortField};
 use crate::{SeverityDistribution, Store, LLM_MAX_ATTEMPTS};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -530,8 +530,17 @@ impl Store for PgStore {
             }
             None => {
                 push_filters(&mut list, query, true);
+                // NULLS LAST only where NULLs exist: on a NOT NULL column
+                // PostgreSQL does not know the clause is moot, and `DESC
+                // NULLS LAST` does not match a backward scan of the
+                // (column, id) index, so every default listing sorted the
+                // whole table (seen at 100 000 CVEs: seconds per page).
+                let nulls = match query.sort {
+                    SortField::CvssScore | SortField::EpssScore => " NULLS LAST",
+                    _ => "",
+                };
                 list.push(format_args!(
-                    " ORDER BY {} {dir} NULLS LAST, id {dir}",
+                    " ORDER BY {} {dir}{nulls}, id {dir}",
                     query.sort.column()
                 ));
             }
