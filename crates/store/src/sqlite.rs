@@ -590,21 +590,23 @@ impl Store for SqliteStore {
             }
         };
 
-        let mut list =
-            QueryBuilder::<Sqlite>::new(format!("SELECT {VULN_COLUMNS} FROM vulnerabilities"));
+        let mut list = QueryBuilder::<Sqlite>::new(format!("SELECT {VULN_COLUMNS} FROM "));
         let dir = query.order.sql();
         match query.q_phrases().filter(|_| query.ranked()) {
             Some(phrases) => {
                 // bm25 is lower for better matches: "desc" (best first) is
                 // ascending. Weights follow the column order of the table:
-                // an id or title hit outranks a passing mention.
+                // an id or title hit outranks a passing mention. CROSS JOIN
+                // fixes the order: the matches first, each row then looked
+                // up by id; the other way round SQLite ran the MATCH once per
+                // row of the table (seconds per search at 100 000 CVEs).
                 list.push(
-                    " JOIN (SELECT rowid AS fts_id, \
+                    "(SELECT rowid AS fts_id, \
                      bm25(vulnerabilities_fts, 10.0, 5.0, 1.0, 5.0, 1.0, 2.0, 2.0) AS fts_rank \
                      FROM vulnerabilities_fts WHERE vulnerabilities_fts MATCH ",
                 )
                 .push_bind(fts5_query(&phrases))
-                .push(") ON fts_id = id");
+                .push(") CROSS JOIN vulnerabilities ON id = fts_id");
                 push_filters(&mut list, query, false);
                 list.push(" ORDER BY ");
                 if let Some(cve_id) = query.q_cve_id() {
@@ -618,6 +620,7 @@ impl Store for SqliteStore {
                 ));
             }
             None => {
+                list.push("vulnerabilities");
                 push_filters(&mut list, query, true);
                 list.push(format_args!(
                     " ORDER BY {} {dir} NULLS LAST, id {dir}",
