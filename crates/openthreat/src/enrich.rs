@@ -201,6 +201,12 @@ pub async fn process_one(
                 release(store, cve_id).await;
                 return Err(e.into());
             }
+            // Make the LLM's words searchable now rather than at the next
+            // search. The result is saved either way: a failure here only
+            // leaves the work to that search, so it is logged, not returned.
+            if let Err(e) = store.index_search().await {
+                tracing::warn!(cve = %id, error = %e, "search index not updated");
+            }
             Ok(Outcome::Processed {
                 cve_id: id,
                 simple_title: title,

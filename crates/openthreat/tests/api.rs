@@ -542,6 +542,93 @@ async fn route_contract(backend: &Backend) {
     assert_422_naming(&get(r, "/api/v1/search?q=a%00b").await, "q");
     assert_422_naming(&get(r, "/api/v1/search?sort_by=title").await, "sort_by");
 
+    // --- relevance ---
+    // With q, the default order is relevance, best match first.
+    let default = get(r, "/api/v1/search?q=microsoft").await.json();
+    let explicit = get(
+        r,
+        "/api/v1/search?q=microsoft&sort_by=relevance&sort_order=desc",
+    )
+    .await
+    .json();
+    assert_eq!(ids(&default), ids(&explicit));
+    let mut found = ids(&default);
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            "CVE-2008-4250",
+            "CVE-2017-0144",
+            "CVE-2019-0708",
+            "CVE-2021-26855",
+            "CVE-2023-23397"
+        ],
+        "{default}"
+    );
+    // CVE-2019-0708 names Microsoft only as its CPE vendor: the text hits
+    // (titles, descriptions) rank above it.
+    assert_eq!(ids(&default).last().unwrap(), "CVE-2019-0708", "{default}");
+    // asc is the reverse; another sort_by still applies.
+    let asc = get(r, "/api/v1/search?q=microsoft&sort_order=asc")
+        .await
+        .json();
+    assert_eq!(ids(&asc)[0], "CVE-2019-0708", "{asc}");
+    let by_id = get(
+        r,
+        "/api/v1/search?q=microsoft&sort_by=cve_id&sort_order=asc",
+    )
+    .await
+    .json();
+    assert_eq!(ids(&by_id), found);
+    // A CVE id first finds that CVE, then the CVEs that mention it.
+    let page = get(r, "/api/v1/search?q=cve-2024-3400").await.json();
+    assert_eq!(ids(&page), ["CVE-2024-3400"]);
+    // Ranked pages: totals and page slices agree with the whole ranking.
+    let p2 = get(r, "/api/v1/search?q=microsoft&page=2&page_size=2")
+        .await
+        .json();
+    assert_eq!(p2["total"], 5);
+    assert_eq!(p2["total_pages"], 3);
+    assert_eq!(ids(&p2), ids(&default)[2..4]);
+    // Words combine with every filter, also when ranked.
+    let page = get(
+        r,
+        "/api/v1/search?q=remote&exploited=true&severity=critical",
+    )
+    .await
+    .json();
+    for item in page["items"].as_array().unwrap() {
+        assert_eq!(item["exploited_in_the_wild"], true, "{item}");
+        assert_eq!(item["severity"], "CRITICAL", "{item}");
+    }
+    assert!(ids(&page).contains(&"CVE-2019-0708".to_string()), "{page}");
+    // Relevance needs something to rank.
+    assert_422_naming(&get(r, "/api/v1/search?sort_by=relevance").await, "sort_by");
+    assert_422_naming(
+        &get(r, "/api/v1/vulnerabilities?sort_by=relevance").await,
+        "sort_by",
+    );
+    // Search syntax of either engine is plain text, never a 500.
+    for q in [
+        "%22",
+        "*",
+        "NEAR(",
+        "%3A",
+        "%27",
+        "-",
+        "a%22b*",
+        "NEAR(remote%20code)",
+        "remote:*",
+    ] {
+        let a = get(r, &format!("/api/v1/search?q={q}")).await;
+        assert_eq!(
+            a.status,
+            StatusCode::OK,
+            "q={q}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+    }
+
     // --- SQL injection attempts change nothing ---
     // In `q` the words still count as search words (full-text search finds
     // CVEs mentioning "or" and "1"), but the condition must not open up the

@@ -22,6 +22,8 @@
 //! * `postgres` / `sqlite`: the two implementations. Each has its own
 //!   migrations under `migrations/<backend>/`, embedded in the binary.
 //! * [`error`]: [`StoreError`] and URL redaction.
+//! * `totals`: a few seconds' cache of listing totals (counting is the
+//!   expensive part of a page).
 //!
 //! # Storage decisions
 //! * List columns (CWE ids, vendors, products, references, ...) are JSON:
@@ -34,6 +36,12 @@
 //!   (`2024-04-12T08:15:06.123456Z`), which sorts and compares correctly.
 //! * `updated_at` changes only when the source facts of a CVE change (an
 //!   import, KEV or EPSS), not on LLM enrichment or priority decay.
+//! * Full-text search (`ListQuery::q`, [`Store::index_search`]): a
+//!   contentless FTS5 table on SQLite, a `tsvector` side table with a GIN
+//!   index on PostgreSQL. Neither is maintained inside the upsert, which
+//!   only notes what changed (nothing at all for new rows on SQLite, whose
+//!   ids only grow); the index catches up in one statement per ingestion
+//!   run, so imports stay fast and a search still sees every write.
 
 use std::sync::Arc;
 
@@ -47,6 +55,7 @@ mod plan;
 mod postgres;
 pub mod query;
 mod sqlite;
+mod totals;
 
 pub use error::{redact_url, Result, StoreError};
 pub use models::{
@@ -175,7 +184,27 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn get_cve(&self, cve_id: &CveId) -> Result<Option<VulnerabilityRow>>;
 
     /// A filtered, sorted page of CVEs with the total count.
+    ///
+    /// Totals are cached for a few seconds (the rows never are): writes
+    /// through this store show at once, writes by another process within
+    /// 10 s (see `totals.rs`).
+    ///
+    /// With a `q`, the search index is brought up to date first when
+    /// anything is pending (see [`Store::index_search`]), so a search always
+    /// sees every committed write; that check is one cheap query.
     async fn list_cves(&self, query: &ListQuery) -> Result<Page<VulnerabilityRow>>;
+
+    /// Brings the full-text search index up to date, in one transaction:
+    /// indexes the CVEs stored since it last ran and re-indexes those whose
+    /// text changed (a newer NVD record, an LLM result). Returns how many
+    /// CVEs were (re)indexed.
+    ///
+    /// Writes do not index: that would put tokenising and index maintenance
+    /// into every import batch. The ingestion service calls this at the end
+    /// of each run and the enrichment service after each save; searches
+    /// call it when something is pending. Idempotent and safe to run
+    /// concurrently with writes and with itself.
+    async fn index_search(&self) -> Result<u64>;
 
     /// Up to `limit` CVEs whose id or title starts with `prefix`
     /// (case-insensitive), ids first.

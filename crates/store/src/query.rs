@@ -14,6 +14,11 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 
 /// Columns a listing may be sorted by. Only these reach the SQL text (as
 /// fixed strings), which is what makes sorting injection-proof.
+///
+/// [`SortField::Relevance`] is not a column: it orders full-text matches by
+/// their rank (`ts_rank` on PostgreSQL, `bm25` on SQLite), best first in
+/// `desc` order. Without a `q` there is nothing to rank, and it falls back
+/// to `priority_score`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SortField {
@@ -24,16 +29,18 @@ pub enum SortField {
     ModifiedAt,
     CveId,
     EpssScore,
+    Relevance,
 }
 
 impl SortField {
-    pub const ALL: [SortField; 6] = [
+    pub const ALL: [SortField; 7] = [
         SortField::PriorityScore,
         SortField::CvssScore,
         SortField::PublishedAt,
         SortField::ModifiedAt,
         SortField::CveId,
         SortField::EpssScore,
+        SortField::Relevance,
     ];
 
     /// The column name, also the accepted spelling in queries.
@@ -45,6 +52,16 @@ impl SortField {
             SortField::ModifiedAt => "modified_at",
             SortField::CveId => "cve_id",
             SortField::EpssScore => "epss_score",
+            SortField::Relevance => "relevance",
+        }
+    }
+
+    /// The column behind the sort; `relevance` orders by rank where there
+    /// is a `q` and by `priority_score` where there is none.
+    pub(crate) fn column(self) -> &'static str {
+        match self {
+            SortField::Relevance => "priority_score",
+            other => other.as_str(),
         }
     }
 }
@@ -58,7 +75,7 @@ impl fmt::Display for SortField {
 /// A sort column outside the whitelist; the message lists the allowed ones
 /// so that the API can answer 422 with it as is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid sort_by {0:?}: allowed values are priority_score, cvss_score, published_at, modified_at, cve_id, epss_score")]
+#[error("invalid sort_by {0:?}: allowed values are priority_score, cvss_score, published_at, modified_at, cve_id, epss_score, relevance")]
 pub struct SortFieldParseError(pub String);
 
 impl FromStr for SortField {
@@ -85,6 +102,14 @@ impl SortOrder {
         match self {
             SortOrder::Asc => "ASC",
             SortOrder::Desc => "DESC",
+        }
+    }
+
+    /// The other direction (for ranks where lower is better).
+    pub(crate) fn reversed(self) -> SortOrder {
+        match self {
+            SortOrder::Asc => SortOrder::Desc,
+            SortOrder::Desc => SortOrder::Asc,
         }
     }
 }
@@ -134,8 +159,11 @@ pub struct ListQuery {
     pub include_rejected: bool,
     pub llm_processed: Option<bool>,
     pub priority: Option<Priority>,
-    /// Free text over CVE id, title, description, LLM fields, vendors and
-    /// products (case-insensitive substring match for now).
+    /// Full-text search over CVE id, title, description, the LLM fields,
+    /// vendors and products (PostgreSQL `tsvector`, SQLite FTS5; stemmed
+    /// English words, any case). Every word must occur; words written
+    /// together with punctuation (`CVE-2024-3400`, `pan-os`, `1.0.1`) must
+    /// occur in that order, as a phrase. Punctuation is never query syntax.
     pub q: Option<String>,
     pub sort: SortField,
     pub order: SortOrder,
@@ -196,6 +224,19 @@ impl ListQuery {
         Ok(())
     }
 
+    /// The page of `items` out of `total` matches (a count that came back
+    /// negative, which cannot happen, reads as 0).
+    pub(crate) fn page_of<T>(&self, total: i64, items: Vec<T>) -> crate::Page<T> {
+        let total = total.max(0) as u64;
+        crate::Page {
+            total,
+            page: self.page,
+            page_size: self.page_size,
+            total_pages: total_pages(total, self.page_size),
+            items,
+        }
+    }
+
     pub(crate) fn offset(&self) -> i64 {
         i64::from(self.page - 1) * i64::from(self.page_size)
     }
@@ -222,14 +263,62 @@ impl ListQuery {
             .and_then(|d| d.and_hms_opt(0, 0, 0))
             .map(|d| d.and_utc())
     }
-    /// The `q` text as a LIKE pattern (`%text%`), with LIKE's wildcards escaped.
-    pub(crate) fn q_pattern(&self) -> Option<String> {
+    /// The search terms of `q`, see [`search_terms`]. `None` when there is
+    /// no `q` (no condition); an empty list when `q` has no word at all
+    /// (it matches nothing).
+    pub(crate) fn q_phrases(&self) -> Option<Vec<Vec<String>>> {
         let q = self.q.as_deref()?.trim();
         if q.is_empty() {
             return None;
         }
-        Some(format!("%{}%", escape_like(&q.to_lowercase())))
+        Some(search_terms(q))
     }
+
+    /// `q` as a CVE id when that is all it is, so relevance can put the
+    /// CVE itself before the ones that merely mention it.
+    pub(crate) fn q_cve_id(&self) -> Option<String> {
+        let q = self.q.as_deref()?.trim();
+        openthreat_core::CveId::parse(q)
+            .ok()
+            .map(|id| id.to_string())
+    }
+
+    /// Whether rows are ordered by full-text rank.
+    pub(crate) fn ranked(&self) -> bool {
+        self.sort == SortField::Relevance && self.q_phrases().is_some_and(|p| !p.is_empty())
+    }
+}
+
+/// Most phrases and words per phrase taken from a query; the API caps `q`
+/// at 200 characters anyway, this only bounds the SQL a query can build.
+const MAX_PHRASES: usize = 16;
+const MAX_WORDS_PER_PHRASE: usize = 16;
+
+/// Splits what a user typed into phrases of words, the only form in which
+/// user text reaches FTS5 or a tsquery.
+///
+/// Whitespace separates phrases; inside one, every run of letters and
+/// digits is a word, lower-cased, and anything else only separates words
+/// (`CVE-2024-3400` is the phrase `cve 2024 3400`, `"pan-os"` is `pan os`).
+/// That is how both engines tokenise the indexed text (the PostgreSQL
+/// document turns `-_./:@` into spaces first, like SQLite's `unicode61`),
+/// so a phrase matches the same words in the same order on both. Since a
+/// word holds no quote, operator, `*`, `:` or parenthesis, no FTS5 or
+/// tsquery syntax can come from the user: `NEAR(`, `"`, `-x`, `a:*` are
+/// plain words or nothing.
+pub(crate) fn search_terms(q: &str) -> Vec<Vec<String>> {
+    q.split_whitespace()
+        .map(|chunk| {
+            chunk
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .take(MAX_WORDS_PER_PHRASE)
+                .map(str::to_lowercase)
+                .collect::<Vec<_>>()
+        })
+        .filter(|p| !p.is_empty())
+        .take(MAX_PHRASES)
+        .collect()
 }
 
 /// Escapes `\`, `%` and `_` so a user's text matches literally in
@@ -268,6 +357,37 @@ mod tests {
         }
         assert!("DESC".parse::<SortOrder>().is_ok());
         assert!("sideways".parse::<SortOrder>().is_err());
+    }
+
+    #[test]
+    fn search_terms_are_words_in_phrases() {
+        let t = |q: &str| search_terms(q);
+        assert_eq!(t("CVE-2024-3400"), [["cve", "2024", "3400"]]);
+        assert_eq!(
+            t("Remote  Desktop"),
+            [vec!["remote".to_string()], vec!["desktop".to_string()]]
+        );
+        assert_eq!(
+            t("pan-os 1.0.1g"),
+            [vec!["pan", "os"], vec!["1", "0", "1g"]]
+        );
+        // Query syntax of either engine is only punctuation here.
+        assert_eq!(
+            t("NEAR(a b) \"x\" y* -z c:d 'e' OR"),
+            [
+                vec!["near", "a"],
+                vec!["b"],
+                vec!["x"],
+                vec!["y"],
+                vec!["z"],
+                vec!["c", "d"],
+                vec!["e"],
+                vec!["or"],
+            ]
+        );
+        assert!(t("%% * \" :: -").is_empty());
+        assert_eq!(t("Überlauf"), [["überlauf"]]);
+        assert_eq!(t(&"w ".repeat(100)).len(), MAX_PHRASES);
     }
 
     #[test]

@@ -179,6 +179,12 @@ contract_tests!(
     cache_entries_are_cleaned_by_age,
     sql_injection_in_filters_changes_nothing,
     suggestions_by_id_and_title,
+    full_text_search_finds_words_in_every_field,
+    full_text_search_combines_with_every_filter,
+    relevance_puts_id_and_title_hits_first,
+    query_syntax_in_q_is_plain_text,
+    updated_cves_are_searched_by_their_new_words,
+    search_index_catches_up_once,
     llm_bookkeeping,
     concurrent_llm_batch_claims_never_overlap,
     llm_batch_claim_order_and_exclusions,
@@ -764,9 +770,14 @@ async fn each_filter_selects_the_right_rows(s: Arc<dyn Store>) {
         ["CVE-2024-6387"]
     );
     assert_eq!(
-        ids(&s, q(|q| q.q = Some("cve-2019-07".into()))).await,
+        ids(&s, q(|q| q.q = Some("cve-2019-0708".into()))).await,
         ["CVE-2019-0708"]
     );
+    // Full-text search matches whole words: a partial id is what
+    // suggest() is for.
+    assert!(ids(&s, q(|q| q.q = Some("cve-2019-07".into())))
+        .await
+        .is_empty());
     // Filters combine with AND.
     assert_eq!(
         ids(
@@ -831,7 +842,10 @@ async fn sort_whitelist_in_both_orders_with_nulls_last(s: Arc<dyn Store>) {
                 .items
                 .iter()
                 .map(|r| match field {
-                    SortField::PriorityScore => Some(format!("{:09.4}", r.priority_score)),
+                    // Without a q, relevance is the priority order.
+                    SortField::PriorityScore | SortField::Relevance => {
+                        Some(format!("{:09.4}", r.priority_score))
+                    }
                     SortField::CvssScore => r.cvss_score.map(|v| format!("{v:09.4}")),
                     SortField::EpssScore => r.epss_score.map(|v| format!("{v:09.4}")),
                     SortField::PublishedAt => Some(r.published_at.to_rfc3339()),
@@ -898,7 +912,7 @@ async fn sort_whitelist_in_both_orders_with_nulls_last(s: Arc<dyn Store>) {
     let default = ids(&s, ListQuery::default()).await;
     assert_eq!(default[0], "CVE-2024-3400");
     assert_eq!("severity".parse::<SortField>().unwrap_err().to_string(),
-        "invalid sort_by \"severity\": allowed values are priority_score, cvss_score, published_at, modified_at, cve_id, epss_score");
+        "invalid sort_by \"severity\": allowed values are priority_score, cvss_score, published_at, modified_at, cve_id, epss_score, relevance");
 }
 
 async fn pagination_reports_totals(s: Arc<dyn Store>) {
@@ -1332,6 +1346,371 @@ async fn sql_injection_in_filters_changes_nothing(s: Arc<dyn Store>) {
     }
     assert!(a_sort_outside_the_whitelist_is_refused());
     assert_eq!(s.list_cves(&all()).await.unwrap().total, 8, "table intact");
+}
+
+// ------------------------------------------------------- full-text search
+
+/// The ids found for `text` with every other filter unset, in id order.
+async fn search(s: &Arc<dyn Store>, text: &str) -> Vec<String> {
+    let q = ListQuery {
+        q: Some(text.into()),
+        ..all()
+    };
+    ids(s, q).await
+}
+
+/// The ids found for `text`, best match first.
+async fn ranked(s: &Arc<dyn Store>, text: &str) -> Vec<String> {
+    let q = ListQuery {
+        q: Some(text.into()),
+        sort: SortField::Relevance,
+        order: SortOrder::Desc,
+        ..all()
+    };
+    ids(s, q).await
+}
+
+async fn full_text_search_finds_words_in_every_field(s: Arc<dyn Store>) {
+    seed(&s).await;
+    // Description words, any case, stemmed ("packet" finds "packets").
+    assert_eq!(search(&s, "Heartbeat Extension").await, ["CVE-2014-0160"]);
+    assert_eq!(search(&s, "crafted PACKET").await, ["CVE-1999-0001"]);
+    // Every word must occur.
+    assert!(search(&s, "heartbeat desktop").await.is_empty());
+    // CVE ids, exactly: 3400 is a whole word, not a prefix of 34000.
+    assert_eq!(search(&s, "CVE-2024-3400").await, ["CVE-2024-3400"]);
+    assert_eq!(search(&s, "cve-2024-3400").await, ["CVE-2024-3400"]);
+    assert!(search(&s, "CVE-2024-340").await.is_empty());
+    // An id mentioned in another CVE's description finds that CVE too.
+    assert_eq!(search(&s, "CVE-2006-5051").await, ["CVE-2024-6387"]);
+    // Vendors and products, as stored (underscores and hyphens separate
+    // words, as in the text).
+    assert_eq!(search(&s, "paloaltonetworks").await, ["CVE-2024-3400"]);
+    assert_eq!(search(&s, "filezilla_server").await, ["CVE-2014-0160"]);
+    assert_eq!(search(&s, "alienware").await, ["CVE-2024-0158"]);
+    assert_eq!(search(&s, "freebsd").await, ["CVE-1999-0001"]);
+    // The LLM's title and description, once saved.
+    assert!(search(&s, "takeover").await.is_empty());
+    assert!(search(&s, "logging").await.is_empty());
+    s.save_enrichment(&id("CVE-2024-3400"), &enrichment(now()))
+        .await
+        .unwrap();
+    assert_eq!(search(&s, "takeover").await, ["CVE-2024-3400"]);
+    assert_eq!(search(&s, "without logging").await, ["CVE-2024-3400"]);
+    // Rejected CVEs stay hidden unless asked for.
+    assert!(search(&s, "withdrawn").await.is_empty());
+    let q = ListQuery {
+        q: Some("withdrawn".into()),
+        include_rejected: true,
+        ..all()
+    };
+    assert_eq!(ids(&s, q).await, ["CVE-2023-5129"]);
+}
+
+async fn full_text_search_combines_with_every_filter(s: Arc<dyn Store>) {
+    seed(&s).await;
+    // "remote" is in three CVEs; CVE-1999-0001 is not exploited.
+    assert_eq!(
+        search(&s, "remote").await,
+        ["CVE-1999-0001", "CVE-2014-0160", "CVE-2019-0708"]
+    );
+    let with = |f: fn(&mut ListQuery)| {
+        let mut q = ListQuery {
+            q: Some("remote".into()),
+            ..all()
+        };
+        f(&mut q);
+        q
+    };
+    let cases: Vec<(ListQuery, Vec<&str>)> = vec![
+        (
+            with(|q| q.exploited = Some(true)),
+            vec!["CVE-2014-0160", "CVE-2019-0708"],
+        ),
+        (with(|q| q.exploited = Some(false)), vec!["CVE-1999-0001"]),
+        (
+            with(|q| q.severity = Some(Severity::Critical)),
+            vec!["CVE-2019-0708"],
+        ),
+        (
+            with(|q| q.vendor = Some("Microsoft".into())),
+            vec!["CVE-2019-0708"],
+        ),
+        (
+            with(|q| q.product = Some("openssl".into())),
+            vec!["CVE-2014-0160"],
+        ),
+        (
+            with(|q| q.cwe = Some("cwe-20".into())),
+            vec!["CVE-1999-0001"],
+        ),
+        (
+            with(|q| q.min_cvss = Some(7.0)),
+            vec!["CVE-2014-0160", "CVE-2019-0708"],
+        ),
+        (with(|q| q.max_cvss = Some(7.0)), vec!["CVE-1999-0001"]),
+        (
+            with(|q| {
+                q.published_after = Some(day("2014-01-01"));
+                q.published_before = Some(day("2019-05-16"));
+            }),
+            vec!["CVE-2014-0160", "CVE-2019-0708"],
+        ),
+        (
+            with(|q| q.published_before = Some(day("2014-04-06"))),
+            vec!["CVE-1999-0001"],
+        ),
+        (
+            with(|q| q.priority = Some(Priority::High)),
+            vec!["CVE-2014-0160", "CVE-2019-0708"],
+        ),
+    ];
+    for (q, want) in cases {
+        assert_eq!(ids(&s, q.clone()).await, want, "{q:?}");
+        // Ranked, the same rows, and the same total.
+        let ranked_q = ListQuery {
+            sort: SortField::Relevance,
+            ..q.clone()
+        };
+        let page = s.list_cves(&ranked_q).await.unwrap();
+        let mut got: Vec<String> = page.items.iter().map(|r| r.cve_id.clone()).collect();
+        got.sort();
+        assert_eq!(got, want, "{ranked_q:?}");
+        assert_eq!(page.total, want.len() as u64, "{ranked_q:?}");
+    }
+    // Totals and pages of a ranked search.
+    let q = ListQuery {
+        q: Some("remote".into()),
+        sort: SortField::Relevance,
+        page_size: 2,
+        page: 2,
+        ..ListQuery::default()
+    };
+    let page = s.list_cves(&q).await.unwrap();
+    assert_eq!((page.total, page.total_pages, page.items.len()), (3, 2, 1));
+    // Relevance without a text to rank falls back to priority order.
+    let by_relevance = ListQuery {
+        sort: SortField::Relevance,
+        ..ListQuery::default()
+    };
+    let by_priority = ListQuery {
+        sort: SortField::PriorityScore,
+        ..ListQuery::default()
+    };
+    assert_eq!(ids(&s, by_relevance).await, ids(&s, by_priority).await);
+}
+
+async fn relevance_puts_id_and_title_hits_first(s: Arc<dyn Store>) {
+    seed(&s).await;
+    let t = at("2025-01-10T00:00:00.000");
+    // Same CVSS, so priority cannot decide: only the text can.
+    let mut headline = Cve::new(
+        id("CVE-2025-10001"),
+        "Sandbox escape in the Acme renderer. Crafted pages can run code outside the sandbox.",
+        t,
+    );
+    let mut passing = Cve::new(
+        id("CVE-2025-10002"),
+        "An integer overflow in the Acme image decoder allows a denial of service through a \
+         malformed file. The decoder is used by many components, among them the print \
+         spooler, the thumbnail service, the mail preview and, on some platforms, the \
+         renderer's sandbox helper, which restarts after the crash.",
+        t,
+    );
+    // Mentions CVE-2006-5051 only in passing, like CVE-2024-6387 does.
+    let mut itself = Cve::new(
+        id("CVE-2006-5051"),
+        "Signal handler race condition in OpenSSH before 4.4 allows remote attackers to \
+         cause a denial of service.",
+        at("2006-09-27T23:07:00.000"),
+    );
+    for c in [&mut headline, &mut passing, &mut itself] {
+        c.cvss = Some(Cvss {
+            score: 5.0,
+            vector: "CVSS:3.1/AV:N/AC:H/PR:N/UI:R/S:U/C:L/I:L/A:L".into(),
+            version: CvssVersion::V31,
+        });
+        c.severity = Severity::Medium;
+    }
+    // The CVE mentioning the id is the higher priority one (CVSS 8.1).
+    s.upsert_cves(&[headline, passing, itself], now())
+        .await
+        .unwrap();
+    assert_eq!(
+        ranked(&s, "sandbox").await,
+        ["CVE-2025-10001", "CVE-2025-10002"]
+    );
+    assert_eq!(
+        ranked(&s, "CVE-2006-5051").await,
+        ["CVE-2006-5051", "CVE-2024-6387"]
+    );
+    assert_eq!(
+        ranked(&s, "cve-2006-5051").await[0],
+        "CVE-2006-5051",
+        "any case"
+    );
+    // asc reverses the ranking.
+    let q = ListQuery {
+        q: Some("sandbox".into()),
+        sort: SortField::Relevance,
+        order: SortOrder::Asc,
+        ..all()
+    };
+    assert_eq!(ids(&s, q).await, ["CVE-2025-10002", "CVE-2025-10001"]);
+    // An LLM title without the word changes nothing.
+    let mut e = enrichment(now());
+    e.simple_title = "Image decoder crash".into();
+    s.save_enrichment(&id("CVE-2025-10002"), &e).await.unwrap();
+    assert_eq!(ranked(&s, "sandbox").await[0], "CVE-2025-10001");
+    // Other sorts still work with a text.
+    let q = ListQuery {
+        q: Some("denial".into()),
+        sort: SortField::PublishedAt,
+        order: SortOrder::Asc,
+        ..all()
+    };
+    assert_eq!(
+        ids(&s, q).await,
+        ["CVE-1999-0001", "CVE-2006-5051", "CVE-2025-10002"]
+    );
+}
+
+async fn query_syntax_in_q_is_plain_text(s: Arc<dyn Store>) {
+    seed(&s).await;
+    // FTS5 and tsquery syntax is plain punctuation: the words around it
+    // are searched, and nothing is an error. `None`: any result will do
+    // (a lone English stop word such as "and" is a word on SQLite, and
+    // ignored by PostgreSQL's dictionary).
+    let three = || Some(vec!["CVE-1999-0001", "CVE-2014-0160", "CVE-2019-0708"]);
+    let heartbeat = || Some(vec!["CVE-2014-0160"]);
+    let none = || Some(vec![]);
+    for (q, want) in [
+        ("\"remote desktop\"", Some(vec!["CVE-2019-0708"])),
+        ("\"remote", three()),
+        ("remote*", three()),
+        ("desk*", none()),
+        ("NEAR(remote desktop)", none()),
+        ("NEAR(remote", none()),
+        ("remote NEAR desktop", none()),
+        ("desktop:remote", none()),
+        ("description:heartbeat", none()),
+        ("'heartbeat'", heartbeat()),
+        ("heartbeat'", heartbeat()),
+        ("-heartbeat", heartbeat()),
+        ("remote -heartbeat", heartbeat()),
+        ("heartbeat OR desktop", none()),
+        ("heartbeat | desktop", none()),
+        ("heartbeat & !openssl", heartbeat()),
+        ("heartbeat:*", heartbeat()),
+        ("heartbeat:A", None),
+        ("(heartbeat)", heartbeat()),
+        ("{cve_id}: heartbeat", none()),
+        ("heartbeat^2", none()),
+        ("\"", none()),
+        ("*", none()),
+        (":", none()),
+        ("'", none()),
+        ("-", none()),
+        ("\\", none()),
+        ("%_%", none()),
+        ("NEAR(", None),
+        ("AND", None),
+        ("' OR ''='", None),
+    ] {
+        for sort in [SortField::Relevance, SortField::CveId] {
+            let query = ListQuery {
+                q: Some(q.into()),
+                sort,
+                ..all()
+            };
+            let page = s
+                .list_cves(&query)
+                .await
+                .unwrap_or_else(|e| panic!("{q:?} ({sort}): {e}"));
+            let mut got: Vec<String> = page.items.into_iter().map(|r| r.cve_id).collect();
+            got.sort();
+            assert!(got.len() < 8, "{q:?} ({sort}) matched everything");
+            if let Some(want) = &want {
+                assert_eq!(&got, want, "{q:?} ({sort})");
+            }
+        }
+    }
+}
+
+async fn updated_cves_are_searched_by_their_new_words(s: Arc<dyn Store>) {
+    seed(&s).await;
+    assert_eq!(
+        search(&s, "authenticated malicious").await,
+        ["CVE-2024-0158"]
+    );
+    // A newer NVD record rewrites the description.
+    let mut c = fixture("CVE-2024-0158");
+    c.description = "Dell BIOS contains a buffer overflow in the SMM handler.".into();
+    c.title = Cve::title_from_description(&c.cve_id, &c.description);
+    c.vendors = vec!["dell".into()];
+    c.products = vec!["latitude_7420_firmware".into()];
+    c.modified_at += Duration::days(1);
+    s.upsert_cves(&[c.clone()], now()).await.unwrap();
+    assert_eq!(search(&s, "SMM handler").await, ["CVE-2024-0158"]);
+    assert_eq!(search(&s, "latitude").await, ["CVE-2024-0158"]);
+    assert!(search(&s, "authenticated malicious").await.is_empty());
+    assert!(search(&s, "alienware").await.is_empty());
+    // An older record changes nothing, in the table or in the index.
+    let old = fixture("CVE-2024-0158");
+    s.upsert_cves(&[old], now()).await.unwrap();
+    assert!(search(&s, "alienware").await.is_empty());
+    assert_eq!(search(&s, "SMM").await, ["CVE-2024-0158"]);
+    // LLM text replaced by a new enrichment is replaced in the index too.
+    s.save_enrichment(&id("CVE-2024-0158"), &enrichment(now()))
+        .await
+        .unwrap();
+    assert_eq!(search(&s, "takeover").await, ["CVE-2024-0158"]);
+    let mut e = enrichment(now());
+    e.simple_title = "Memory corruption in laptop firmware".into();
+    e.simple_description = "A bug in the firmware lets code run early. Update it.".into();
+    s.save_enrichment(&id("CVE-2024-0158"), &e).await.unwrap();
+    assert!(search(&s, "takeover").await.is_empty());
+    assert_eq!(search(&s, "laptop").await, ["CVE-2024-0158"]);
+    // KEV and EPSS do not touch the text; the CVE is still found.
+    s.apply_kev(
+        &[(
+            id("CVE-2024-0158"),
+            KevFacts {
+                date_added: Some(day("2025-02-01")),
+                ..KevFacts::default()
+            },
+        )],
+        now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(search(&s, "laptop").await, ["CVE-2024-0158"]);
+}
+
+async fn search_index_catches_up_once(s: Arc<dyn Store>) {
+    seed(&s).await;
+    // Nine new rows: the first run indexes them, the next finds nothing.
+    assert_eq!(s.index_search().await.unwrap(), 9);
+    assert_eq!(s.index_search().await.unwrap(), 0);
+    // A re-import writes nothing and leaves nothing to index.
+    s.upsert_cves(&fixtures(), now()).await.unwrap();
+    assert_eq!(s.index_search().await.unwrap(), 0);
+    // One changed CVE, one enrichment, one new CVE: three to index.
+    let mut c = fixture("CVE-2024-6387");
+    c.description = "OpenSSH sshd signal handler race.".into();
+    c.modified_at += Duration::days(1);
+    let new = Cve::new(id("CVE-2025-10003"), "Zebra router backdoor.", now());
+    s.upsert_cves(&[c, new], now()).await.unwrap();
+    s.save_enrichment(&id("CVE-2014-0160"), &enrichment(now()))
+        .await
+        .unwrap();
+    assert_eq!(s.index_search().await.unwrap(), 3);
+    assert_eq!(search(&s, "zebra").await, ["CVE-2025-10003"]);
+    // A search indexes on its own what is pending.
+    let newer = Cve::new(id("CVE-2025-10004"), "Yak shaving daemon overflow.", now());
+    s.upsert_cves(&[newer], now()).await.unwrap();
+    assert_eq!(search(&s, "yak").await, ["CVE-2025-10004"]);
+    assert_eq!(s.index_search().await.unwrap(), 0);
 }
 
 fn a_sort_outside_the_whitelist_is_refused() -> bool {

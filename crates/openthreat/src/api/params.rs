@@ -92,7 +92,10 @@ pub struct RecentParams {
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct SearchParams {
-    /// Words or a CVE id, searched in id, title, description and the LLM fields.
+    /// Words or a CVE id, searched (full text, stemmed, any case) in the id,
+    /// title, description, the LLM fields, vendors and products. Every word
+    /// must occur; words joined by punctuation (`CVE-2024-3400`, `pan-os`)
+    /// as a phrase. No query syntax: quotes, `*`, `-`, `OR` are plain text.
     pub q: Option<String>,
     /// CRITICAL, HIGH, MEDIUM, LOW, NONE or UNKNOWN (any case).
     pub severity: Option<String>,
@@ -120,8 +123,9 @@ pub struct SearchParams {
     /// Items per page, 1 to 100.
     #[param(minimum = 1, maximum = 100, default = 20)]
     pub page_size: Option<u32>,
-    /// One of priority_score, cvss_score, published_at, modified_at, cve_id, epss_score.
-    #[param(default = "priority_score")]
+    /// One of relevance, priority_score, cvss_score, published_at,
+    /// modified_at, cve_id, epss_score. Default: relevance (best match
+    /// first) when `q` is given, priority_score otherwise; relevance needs `q`.
     pub sort_by: Option<String>,
     /// asc or desc.
     #[param(default = "desc")]
@@ -226,24 +230,55 @@ pub fn parse_severity(param: &str, value: Option<&str>) -> Result<Option<Severit
     }
 }
 
-/// `sort_by` against the whitelist.
+/// `sort_by` against the whitelist, for a listing without full-text
+/// search: `relevance` is refused there, as there is nothing to rank.
 pub fn parse_sort(
     sort_by: Option<&str>,
     sort_order: Option<&str>,
 ) -> Result<(SortField, SortOrder), ApiError> {
+    parse_sort_with(sort_by, sort_order, SortField::PriorityScore, false)
+}
+
+/// `sort_by` against the whitelist, `default` when absent; `relevance`
+/// only where `ranked` (a search with `q`).
+fn parse_sort_with(
+    sort_by: Option<&str>,
+    sort_order: Option<&str>,
+    default: SortField,
+    ranked: bool,
+) -> Result<(SortField, SortOrder), ApiError> {
+    let allowed = || {
+        SortField::ALL
+            .iter()
+            .filter(|f| ranked || **f != SortField::Relevance)
+            .map(|f| f.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let field = match sort_by.map(str::trim) {
-        None | Some("") => SortField::PriorityScore,
-        Some(v) => v.parse::<SortField>().map_err(|_| {
-            let allowed: Vec<_> = SortField::ALL.iter().map(|f| f.as_str()).collect();
-            ApiError::invalid(
-                "sort_by",
-                format!(
-                    "unknown value {:?}; allowed values: {}",
-                    truncate(v),
-                    allowed.join(", ")
-                ),
-            )
-        })?,
+        None | Some("") => default,
+        Some(v) => match v.parse::<SortField>() {
+            Ok(SortField::Relevance) if !ranked => {
+                return Err(ApiError::invalid(
+                    "sort_by",
+                    format!(
+                        "relevance needs a search text (q); allowed values here: {}",
+                        allowed()
+                    ),
+                ))
+            }
+            Ok(f) => f,
+            Err(_) => {
+                return Err(ApiError::invalid(
+                    "sort_by",
+                    format!(
+                        "unknown value {:?}; allowed values: {}",
+                        truncate(v),
+                        allowed()
+                    ),
+                ))
+            }
+        },
     };
     let order = match sort_order.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
         None | Some("") | Some("desc") => SortOrder::Desc,
@@ -331,7 +366,19 @@ pub fn page_query(page: u32, page_size: u32) -> ListQuery {
 /// The query behind `GET /search`, validated.
 pub fn search_query(p: &SearchParams) -> Result<ListQuery, ApiError> {
     let (page, size) = validate_page(p.page, p.page_size)?;
-    let (sort, order) = parse_sort(p.sort_by.as_deref(), p.sort_order.as_deref())?;
+    let q = parse_text("q", p.q.as_deref())?;
+    // With a search text the best matches come first unless another order
+    // is asked for; without one, the usual priority order.
+    let (default, ranked) = match q {
+        Some(_) => (SortField::Relevance, true),
+        None => (SortField::PriorityScore, false),
+    };
+    let (sort, order) = parse_sort_with(
+        p.sort_by.as_deref(),
+        p.sort_order.as_deref(),
+        default,
+        ranked,
+    )?;
     let min_cvss = parse_cvss("min_cvss", p.min_cvss)?;
     let max_cvss = parse_cvss("max_cvss", p.max_cvss)?;
     if let (Some(lo), Some(hi)) = (min_cvss, max_cvss) {
@@ -370,7 +417,7 @@ pub fn search_query(p: &SearchParams) -> Result<ListQuery, ApiError> {
         })
         .transpose()?;
     Ok(ListQuery {
-        q: parse_text("q", p.q.as_deref())?,
+        q,
         severity: parse_severity("severity", p.severity.as_deref())?,
         exploited: parse_bool("exploited", p.exploited.as_deref())?,
         vendor: parse_text("vendor", p.vendor.as_deref())?.map(|v| v.to_lowercase()),
