@@ -67,42 +67,50 @@ pub fn broker_info(config: &Config) -> serde_json::Value {
 
 /// Makes a worker visible to monitors: answers `inspect`/`control` (ours,
 /// Celery's, Flower's) and sends events unless `events` is false.
-pub async fn monitored<C: Clone + Send + Sync + 'static>(
+pub fn monitored<C: Clone + Send + Sync + 'static>(
     builder: WorkerBuilder<C>,
+    fanout: Arc<dyn Fanout>,
     config: &Config,
     events: bool,
-) -> anyhow::Result<WorkerBuilder<C>> {
-    Ok(builder
-        .fanout(open_fanout(config).await?)
+) -> WorkerBuilder<C> {
+    builder
+        .fanout(fanout)
         .send_events(events)
-        .broker_info(broker_info(config)))
+        .broker_info(broker_info(config))
 }
 
 /// A producer over the configured broker and backend.
 pub async fn open_producer(config: &Config) -> anyhow::Result<Producer> {
-    producer(
-        config,
-        open_broker(config).await?,
-        open_backend(config).await?,
-    )
-    .await
+    let broker = open_broker(config).await?;
+    let backend = open_backend(config).await?;
+    // The event transport is only needed (and only opened) for task-sent events.
+    let fanout = if config.task_sent_events {
+        Some(open_fanout(config).await?)
+    } else {
+        None
+    };
+    Ok(producer(config, broker, backend, fanout))
 }
 
-/// A producer over handles already open; it sends `task-sent` events when
-/// OPENTHREAT_TASK_SENT_EVENTS is on.
-pub async fn producer(
+/// A producer over handles already open; it sends `task-sent` events over
+/// `fanout` when OPENTHREAT_TASK_SENT_EVENTS is on. Clone it rather than
+/// building another: clones share one event sender.
+pub fn producer(
     config: &Config,
     broker: Arc<dyn Broker>,
     backend: Arc<dyn ResultBackend>,
-) -> anyhow::Result<Producer> {
+    fanout: Option<Arc<dyn Fanout>>,
+) -> Producer {
     let p = Producer::new(broker, backend);
-    if !config.task_sent_events {
-        return Ok(p);
+    match fanout {
+        Some(fanout) if config.task_sent_events => {
+            let node = openthreat_queue::control::events::producer_node();
+            p.with_sent_events(openthreat_queue::control::EventDispatcher::new(
+                fanout, node, true,
+            ))
+        }
+        _ => p,
     }
-    let node = openthreat_queue::control::events::producer_node();
-    let events =
-        openthreat_queue::control::EventDispatcher::new(open_fanout(config).await?, node, true);
-    Ok(p.with_sent_events(events))
 }
 
 /// The embedded queue lives in a file under the data dir; create the dir on first use.
@@ -152,13 +160,13 @@ const BEAT_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
 /// minute that the beat `entries` fired when due. Runs until `stop`.
 pub async fn start_monitor(
     config: &Config,
+    fanout: &dyn Fanout,
     registry: &prometheus::Registry,
     entries: Vec<openthreat_queue::beat::Entry>,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<crate::monitor::MonitorHandle> {
     use crate::monitor::{check_beat, Monitor, MonitorConfig};
-    let fanout = open_fanout(config).await?;
-    let receiver = openthreat_queue::control::EventReceiver::connect(fanout.as_ref())
+    let receiver = openthreat_queue::control::EventReceiver::connect(fanout)
         .await
         .context("subscribing to worker events")?;
     let monitor = Monitor::new(MonitorConfig::from_config(config), Some(registry))?;

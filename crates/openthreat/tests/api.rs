@@ -1592,10 +1592,14 @@ async fn serve_answers_over_tcp_and_sees_the_client_address() {
         ("DATABASE_URL", &db),
         ("CELERY_BROKER_URL", &queue),
     ]);
-    let state =
-        openthreat::api::state_from_config(&cfg, openthreat_queue::beat::default_schedule(), None)
-            .await
-            .unwrap();
+    let state = openthreat::api::state_from_config(
+        &cfg,
+        openthreat::runtime::open_fanout(&cfg).await.unwrap(),
+        openthreat_queue::beat::default_schedule(),
+        None,
+    )
+    .await
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -393,13 +393,13 @@ async fn method_not_allowed() -> ApiError {
 /// beat runs) and, when the worker runs in this process, its state.
 pub async fn state_from_config(
     config: &Config,
+    fanout: Arc<dyn openthreat_queue::control::Fanout>,
     schedule: Vec<openthreat_queue::beat::Entry>,
     local_worker: Option<Arc<openthreat_queue::WorkerState>>,
 ) -> anyhow::Result<AppState> {
     let store = crate::runtime::open_store(config).await?;
     let broker = crate::runtime::open_broker(config).await?;
     let backend = crate::runtime::open_backend(config).await?;
-    let fanout = crate::runtime::open_fanout(config).await?;
     state_with(
         config,
         store,

@@ -97,15 +97,20 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let stop = CancellationToken::new();
     // One registry for the API and the worker's LLM calls, so /metrics shows both.
     let metrics = Arc::new(api::metrics::Metrics::new()?);
-    let ctx = AppContext::with_llm_observer(
-        store.clone(),
+    // One event transport and one producer for the worker, the API, the
+    // monitor and the beat of this process.
+    let fanout = runtime::open_fanout(config).await?;
+    let producer = runtime::producer(
         config,
-        runtime::producer(config, broker.clone(), backend.clone()).await?,
-        metrics.clone(),
-    )
-    .context("LLM configuration (OPENTHREAT_LLM_*, OLLAMA_*)")?;
+        broker.clone(),
+        backend.clone(),
+        Some(fanout.clone()),
+    );
+    let ctx =
+        AppContext::with_llm_observer(store.clone(), config, producer.clone(), metrics.clone())
+            .context("LLM configuration (OPENTHREAT_LLM_*, OLLAMA_*)")?;
     let builder = tasks::worker_builder(broker.clone(), backend.clone(), ctx);
-    let mut builder = runtime::monitored(builder, config, !args.without_events).await?;
+    let mut builder = runtime::monitored(builder, fanout.clone(), config, !args.without_events);
     if let Some(n) = args.concurrency {
         anyhow::ensure!(n > 0, "--concurrency must be at least 1");
         builder = builder.concurrency(n);
@@ -117,13 +122,14 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         store,
         broker.clone(),
         backend.clone(),
-        Some(runtime::open_fanout(config).await?),
+        Some(fanout.clone()),
         entries.clone(),
         Some(worker.state()),
     )?
     .with_metrics(metrics);
     if let Err(e) = runtime::start_monitor(
         config,
+        fanout.as_ref(),
         &state.metrics().celery,
         entries.clone(),
         stop.clone(),
@@ -144,12 +150,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let beat = if args.without_beat {
         None
     } else {
-        let beat = schedule::build_beat(
-            config,
-            entries,
-            runtime::producer(config, broker, backend).await?,
-        )
-        .await?;
+        let beat = schedule::build_beat(config, entries, producer).await?;
         let beat_stop = stop.clone();
         Some(tokio::spawn(async move { beat.run(beat_stop).await }))
     };

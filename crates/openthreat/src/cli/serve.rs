@@ -23,10 +23,17 @@ pub struct Args {
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let path = schedule::schedule_path(args.schedule, config);
     let (entries, _) = schedule::load_entries(path.as_deref())?;
-    let state = api::state_from_config(config, entries.clone(), None).await?;
+    let fanout = runtime::open_fanout(config).await?;
+    let state = api::state_from_config(config, fanout.clone(), entries.clone(), None).await?;
     let stop = tokio_util::sync::CancellationToken::new();
-    if let Err(e) =
-        runtime::start_monitor(config, &state.metrics().celery, entries, stop.clone()).await
+    if let Err(e) = runtime::start_monitor(
+        config,
+        fanout.as_ref(),
+        &state.metrics().celery,
+        entries,
+        stop.clone(),
+    )
+    .await
     {
         tracing::warn!(
             error = format!("{e:#}"),

@@ -31,14 +31,20 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let store = runtime::open_store(config).await?;
     let broker = runtime::open_broker(config).await?;
     let backend = runtime::open_backend(config).await?;
+    let fanout = runtime::open_fanout(config).await?;
     let ctx = AppContext::new(
         store,
         config,
-        runtime::producer(config, broker.clone(), backend.clone()).await?,
+        runtime::producer(
+            config,
+            broker.clone(),
+            backend.clone(),
+            Some(fanout.clone()),
+        ),
     )
     .context("LLM configuration (OPENTHREAT_LLM_*, OLLAMA_*)")?;
     let builder = tasks::worker_builder(broker, backend, ctx).queues(args.queues.clone());
-    let mut builder = runtime::monitored(builder, config, !args.without_events).await?;
+    let mut builder = runtime::monitored(builder, fanout, config, !args.without_events);
     if let Some(n) = args.concurrency {
         anyhow::ensure!(n > 0, "--concurrency must be at least 1");
         builder = builder.concurrency(n);

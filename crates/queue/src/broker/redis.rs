@@ -124,14 +124,98 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 ";
 
+/// The auto-reconnecting multiplexed connection Redis components send their
+/// ordinary (non-blocking) commands over.
+pub(crate) async fn command_connection(
+    client: &Client,
+    response_timeout: Duration,
+) -> Result<ConnectionManager> {
+    let cfg = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(response_timeout))
+        .set_connection_timeout(Some(Duration::from_secs(5)));
+    Ok(client.get_connection_manager_with_config(cfg).await?)
+}
+
+/// A connection of its own for `BRPOP`, so a blocking pop never delays (nor
+/// is delayed by) the commands on the shared connection. Opened on first use;
+/// dropped after an error so the next pop reconnects.
+pub(crate) struct BlockingConn {
+    client: Client,
+    conn: Mutex<Option<MultiplexedConnection>>,
+}
+
+impl BlockingConn {
+    pub(crate) fn new(client: Client) -> Self {
+        BlockingConn {
+            client,
+            conn: Mutex::new(None),
+        }
+    }
+
+    /// `BRPOP keys… wait`: the list it popped from and the value, or `None`
+    /// when nothing arrived in time.
+    pub(crate) async fn brpop(
+        &self,
+        keys: &[String],
+        wait: Duration,
+    ) -> Result<Option<(String, String)>> {
+        let mut conn = {
+            let mut guard = self.conn.lock().await;
+            match guard.as_ref() {
+                Some(c) => c.clone(),
+                None => {
+                    let cfg = AsyncConnectionConfig::new()
+                        .set_response_timeout(None)
+                        .set_connection_timeout(Some(Duration::from_secs(5)));
+                    let c = self
+                        .client
+                        .get_multiplexed_async_connection_with_config(&cfg)
+                        .await?;
+                    *guard = Some(c.clone());
+                    c
+                }
+            }
+        };
+        let mut cmd = redis::cmd("BRPOP");
+        cmd.arg(keys).arg(wait.as_secs_f64().max(0.01));
+        match cmd.query_async(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                *self.conn.lock().await = None;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// A member of kombu's binding set `_kombu.binding.<exchange>`:
+/// `routing_key SEP pattern SEP queue` (we never bind with a pattern).
+pub(crate) fn binding_member(routing_key: &str, queue: &str) -> String {
+    format!("{routing_key}{SEP}{SEP}{queue}")
+}
+
+/// The queues among binding-set `members` bound with `routing_key`, as
+/// kombu's `_lookup` matches them.
+pub(crate) fn bound_queues(members: &[String], routing_key: &str) -> Vec<String> {
+    members
+        .iter()
+        .filter_map(|m| {
+            let mut parts = m.split(SEP);
+            let rk = parts.next()?;
+            let _pattern = parts.next()?;
+            let queue = parts.next()?;
+            (rk == routing_key).then(|| queue.to_owned())
+        })
+        .collect()
+}
+
 /// Redis broker. Cheap to share behind an `Arc`.
 ///
 /// Commands go over one auto-reconnecting multiplexed connection (pipelined);
 /// the blocking `BRPOP` gets its own connection so it never delays them.
 pub struct RedisBroker {
-    client: Client,
     conn: ConnectionManager,
-    blocking: Mutex<Option<MultiplexedConnection>>,
+    blocking: BlockingConn,
     prefix: String,
     visibility_timeout: Duration,
     restore: Script,
@@ -154,14 +238,10 @@ impl RedisBroker {
     /// Connects to `url` (`redis://` or `rediss://`).
     pub async fn connect(url: &str) -> Result<Self> {
         let client = Client::open(url)?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(30)))
-            .set_connection_timeout(Some(Duration::from_secs(5)));
-        let conn = client.get_connection_manager_with_config(cfg).await?;
+        let conn = command_connection(&client, Duration::from_secs(30)).await?;
         Ok(RedisBroker {
-            client,
+            blocking: BlockingConn::new(client),
             conn,
-            blocking: Mutex::new(None),
             prefix: String::new(),
             visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
             restore: Script::new(RESTORE_LUA),
@@ -217,16 +297,7 @@ impl RedisBroker {
             .arg(self.key(&format!("_kombu.binding.{exchange}")))
             .query_async(&mut conn)
             .await?;
-        let mut queues: Vec<String> = members
-            .iter()
-            .filter_map(|m| {
-                let mut parts = m.split(SEP);
-                let rk = parts.next()?;
-                let _pattern = parts.next()?;
-                let queue = parts.next()?;
-                (rk == routing_key).then(|| queue.to_owned())
-            })
-            .collect();
+        let mut queues = bound_queues(&members, routing_key);
         if queues.is_empty() {
             queues.push(routing_key.to_owned());
         }
@@ -282,22 +353,6 @@ impl RedisBroker {
             None => list.to_owned(),
         }
     }
-
-    async fn blocking_conn(&self) -> Result<MultiplexedConnection> {
-        let mut guard = self.blocking.lock().await;
-        if let Some(c) = guard.as_ref() {
-            return Ok(c.clone());
-        }
-        let cfg = AsyncConnectionConfig::new()
-            .set_response_timeout(None)
-            .set_connection_timeout(Some(Duration::from_secs(5)));
-        let c = self
-            .client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await?;
-        *guard = Some(c.clone());
-        Ok(c)
-    }
 }
 
 #[async_trait]
@@ -317,7 +372,7 @@ impl Broker for RedisBroker {
         // Celery's default: a direct exchange named like the queue, routing key = queue.
         let mut pipe = redis::pipe();
         for q in queues {
-            let member = format!("{q}{SEP}{SEP}{q}");
+            let member = binding_member(q, q);
             pipe.cmd("SADD")
                 .arg(self.key(&format!("_kombu.binding.{q}")))
                 .arg(&member)
@@ -373,17 +428,7 @@ impl Broker for RedisBroker {
                 .collect());
         }
         // Nothing waiting: block on BRPOP (kombu's way) for up to `wait`.
-        let mut cmd = redis::cmd("BRPOP");
-        cmd.arg(&lists).arg(wait.as_secs_f64().max(0.01));
-        let mut bconn = self.blocking_conn().await?;
-        let popped: Option<(String, String)> = match cmd.query_async(&mut bconn).await {
-            Ok(v) => v,
-            Err(e) => {
-                // Drop the connection so the next fetch reconnects.
-                *self.blocking.lock().await = None;
-                return Err(e.into());
-            }
-        };
+        let popped = self.blocking.brpop(&lists, wait).await?;
         let Some((key, raw)) = popped else {
             return Ok(Vec::new());
         };

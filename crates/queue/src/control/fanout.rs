@@ -15,15 +15,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client};
+use redis::aio::ConnectionManager;
+use redis::Client;
 use sqlx::SqlitePool;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::mpsc;
 
+use crate::broker::redis::{binding_member, bound_queues, command_connection, BlockingConn};
 use crate::error::Result;
-
-/// kombu's separator inside binding-set members.
-const SEP: &str = "\x06\x16";
 
 /// Messages buffered per subscriber before the oldest are dropped (events are
 /// lossy by design; a slow monitor must not hold up a worker).
@@ -32,16 +30,14 @@ const SUBSCRIBER_BUFFER: usize = 4096;
 /// How fanout messages are carried. See the module docs.
 #[async_trait]
 pub trait Fanout: Send + Sync + Debug + 'static {
-    /// Broadcasts the encoded envelope `raw` to every current subscriber of
-    /// `exchange`. Nobody listening is not an error.
-    async fn publish(&self, exchange: &str, routing_key: &str, raw: &str) -> Result<()>;
-    /// Publishes several `(routing_key, raw)` messages on `exchange` in one
-    /// round trip where the transport allows (events come in bursts).
-    async fn publish_many(&self, exchange: &str, messages: &[(String, String)]) -> Result<()> {
-        for (rk, raw) in messages {
-            self.publish(exchange, rk, raw).await?;
-        }
-        Ok(())
+    /// Broadcasts the encoded envelopes `(routing_key, raw)` on `exchange` to
+    /// every current subscriber, in one round trip (events come in bursts).
+    /// Nobody listening is not an error.
+    async fn publish_many(&self, exchange: &str, messages: &[(String, String)]) -> Result<()>;
+    /// [`Fanout::publish_many`] for one message.
+    async fn publish(&self, exchange: &str, routing_key: &str, raw: &str) -> Result<()> {
+        self.publish_many(exchange, &[(routing_key.to_owned(), raw.to_owned())])
+            .await
     }
     /// Receives, from now on, everything published on `exchange` whatever the
     /// routing key. The subscription is active when this returns.
@@ -83,7 +79,7 @@ impl Subscription {
 pub struct RedisFanout {
     client: Client,
     conn: ConnectionManager,
-    blocking: Mutex<Option<MultiplexedConnection>>,
+    blocking: BlockingConn,
     prefix: String,
     db: i64,
 }
@@ -102,14 +98,11 @@ impl RedisFanout {
     pub async fn connect(url: &str, prefix: &str) -> Result<Self> {
         let client = Client::open(url)?;
         let db = client.get_connection_info().redis_settings().db();
-        let cfg = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(10)))
-            .set_connection_timeout(Some(Duration::from_secs(5)));
-        let conn = client.get_connection_manager_with_config(cfg).await?;
+        let conn = command_connection(&client, Duration::from_secs(10)).await?;
         Ok(RedisFanout {
+            blocking: BlockingConn::new(client.clone()),
             client,
             conn,
-            blocking: Mutex::new(None),
             prefix: prefix.to_owned(),
             db,
         })
@@ -128,22 +121,6 @@ impl RedisFanout {
         format!("{}_kombu.binding.{exchange}", self.prefix)
     }
 
-    async fn blocking_conn(&self) -> Result<MultiplexedConnection> {
-        let mut guard = self.blocking.lock().await;
-        if let Some(c) = guard.as_ref() {
-            return Ok(c.clone());
-        }
-        let cfg = AsyncConnectionConfig::new()
-            .set_response_timeout(None)
-            .set_connection_timeout(Some(Duration::from_secs(5)));
-        let c = self
-            .client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await?;
-        *guard = Some(c.clone());
-        Ok(c)
-    }
-
     async fn open_pubsub(client: &Client, patterns: &[String]) -> Result<redis::aio::PubSub> {
         let mut ps = client.get_async_pubsub().await?;
         for p in patterns {
@@ -155,16 +132,6 @@ impl RedisFanout {
 
 #[async_trait]
 impl Fanout for RedisFanout {
-    async fn publish(&self, exchange: &str, routing_key: &str, raw: &str) -> Result<()> {
-        let mut conn = self.conn.clone();
-        redis::cmd("PUBLISH")
-            .arg(self.topic(exchange, routing_key))
-            .arg(raw)
-            .query_async::<i64>(&mut conn)
-            .await?;
-        Ok(())
-    }
-
     async fn publish_many(&self, exchange: &str, messages: &[(String, String)]) -> Result<()> {
         let mut pipe = redis::pipe();
         for (rk, raw) in messages {
@@ -226,7 +193,7 @@ impl Fanout for RedisFanout {
         let mut conn = self.conn.clone();
         redis::cmd("SADD")
             .arg(self.binding_key(exchange))
-            .arg(format!("{routing_key}{SEP}{SEP}{queue}"))
+            .arg(binding_member(routing_key, queue))
             .query_async::<i64>(&mut conn)
             .await?;
         Ok(())
@@ -237,7 +204,7 @@ impl Fanout for RedisFanout {
         redis::pipe()
             .cmd("SREM")
             .arg(self.binding_key(exchange))
-            .arg(format!("{routing_key}{SEP}{SEP}{queue}"))
+            .arg(binding_member(routing_key, queue))
             .ignore()
             .cmd("DEL")
             .arg(format!("{}{queue}", self.prefix))
@@ -253,16 +220,7 @@ impl Fanout for RedisFanout {
             .arg(self.binding_key(exchange))
             .query_async(&mut conn)
             .await?;
-        let queues: Vec<String> = members
-            .iter()
-            .filter_map(|m| {
-                let mut parts = m.split(SEP);
-                let rk = parts.next()?;
-                let _pattern = parts.next()?;
-                let q = parts.next()?;
-                (rk == routing_key).then(|| q.to_owned())
-            })
-            .collect();
+        let queues = bound_queues(&members, routing_key);
         if queues.is_empty() {
             return Ok(0);
         }
@@ -278,14 +236,9 @@ impl Fanout for RedisFanout {
     }
 
     async fn pop(&self, queue: &str, wait: Duration) -> Result<Option<String>> {
-        let mut conn = self.blocking_conn().await?;
-        let secs = wait.as_secs_f64().max(0.01);
-        let r: Option<(String, String)> = redis::cmd("BRPOP")
-            .arg(format!("{}{queue}", self.prefix))
-            .arg(secs)
-            .query_async(&mut conn)
-            .await?;
-        Ok(r.map(|(_, v)| v))
+        let key = format!("{}{queue}", self.prefix);
+        let popped = self.blocking.brpop(&[key], wait).await?;
+        Ok(popped.map(|(_, v)| v))
     }
 }
 
@@ -382,26 +335,6 @@ impl SqliteFanout {
 
 #[async_trait]
 impl Fanout for SqliteFanout {
-    async fn publish(&self, exchange: &str, routing_key: &str, raw: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO queue_fanout (exchange, routing_key, payload, at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(exchange)
-        .bind(routing_key)
-        .bind(raw)
-        .bind(now())
-        .execute(&self.pool)
-        .await?;
-        if self
-            .published
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(500)
-        {
-            self.prune().await?;
-        }
-        Ok(())
-    }
-
     async fn publish_many(&self, exchange: &str, messages: &[(String, String)]) -> Result<()> {
         let at = now();
         let mut tx = self.pool.begin().await?;
