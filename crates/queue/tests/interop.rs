@@ -17,27 +17,9 @@ use tokio::process::{Child, Command};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Redis and Python both present (or the test is skipped, or fails under CI).
-async fn setup() -> Option<Env> {
-    if !common::python_available() {
-        return None;
-    }
-    Env::redis().await
-}
-
-fn python(env: &Env) -> Command {
-    let mut c = Command::new("python3");
-    c.current_dir(common::python_dir())
-        .env("OTQ_URL", common::REDIS_URL)
-        .env("OTQ_PREFIX", &env.prefix)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .kill_on_drop(true);
-    c
-}
-
 /// Runs `client.py ARGS...` and parses its last output line.
 async fn client(env: &Env, args: &[&str]) -> Value {
-    let out = tokio::time::timeout(WAIT, python(env).arg("client.py").args(args).output())
+    let out = tokio::time::timeout(WAIT, env.python().arg("client.py").args(args).output())
         .await
         .expect("python client timed out")
         .unwrap();
@@ -53,7 +35,9 @@ async fn client(env: &Env, args: &[&str]) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn python_send_task_runs_on_our_worker_and_python_sees_the_result() {
-    let Some(env) = setup().await else { return };
+    let Some(env) = Env::redis_with_python().await else {
+        return;
+    };
     let w = Running::start(env.worker(Ctx::default()).build());
     let q = env.queue.as_str();
     assert_eq!(
@@ -80,8 +64,11 @@ async fn python_send_task_runs_on_our_worker_and_python_sees_the_result() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn our_producer_to_python_worker() {
-    let Some(env) = setup().await else { return };
-    let mut worker = python(&env)
+    let Some(env) = Env::redis_with_python().await else {
+        return;
+    };
+    let mut worker = env
+        .python()
         .args([
             "-m", "celery", "-A", "pyapp", "worker", "-Q", &env.queue, "-P", "solo", "-l",
             "WARNING",
@@ -184,7 +171,9 @@ async fn raw_meta(env: &Env, id: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn python_priorities_honoured_by_our_worker() {
-    let Some(env) = setup().await else { return };
+    let Some(env) = Env::redis_with_python().await else {
+        return;
+    };
     let batch = json!([[["low"], 9], [["mid"], 6], [["high-1"], 0], [["high-2"], 0]]).to_string();
     client(&env, &["sendmany", &env.queue, "tests.record", &batch]).await;
     let ctx = Ctx::default();
@@ -207,7 +196,9 @@ async fn python_priorities_honoured_by_our_worker() {
 /// worker restores it after the visibility timeout and runs it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn our_worker_recovers_a_message_python_lost() {
-    let Some(env) = setup().await else { return };
+    let Some(env) = Env::redis_with_python().await else {
+        return;
+    };
     let sent = client(&env, &["send", &env.queue, "tests.add", "[20, 1]", "0"]).await;
     let lost = client(&env, &["lose", &env.queue]).await;
     assert_eq!(lost["lost"], sent["id"]);
@@ -226,7 +217,9 @@ async fn our_worker_recovers_a_message_python_lost() {
 /// redelivered flag, and our worker then runs it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn python_restores_a_message_we_lost() {
-    let Some(env) = setup().await else { return };
+    let Some(env) = Env::redis_with_python().await else {
+        return;
+    };
     let r = env
         .producer
         .send_task(
@@ -246,7 +239,7 @@ async fn python_restores_a_message_we_lost() {
             == 1
     );
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let mut restore = python(&env);
+    let mut restore = env.python();
     restore.env("OTQ_VT", "1").arg("client.py").arg("restore");
     let out = restore.output().await.unwrap();
     assert!(

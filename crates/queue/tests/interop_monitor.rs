@@ -12,32 +12,14 @@ use openthreat_queue::control::{Broadcast, Mailbox};
 use openthreat_queue::State;
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn setup() -> Option<Env> {
-    if !common::python_available() {
-        return None;
-    }
-    Env::redis().await
-}
-
-fn python(env: &Env) -> Command {
-    let mut c = Command::new("python3");
-    c.current_dir(common::python_dir())
-        .env("OTQ_URL", common::REDIS_URL)
-        .env("OTQ_PREFIX", &env.prefix)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .kill_on_drop(true);
-    c
-}
 
 /// `celery -A pyapp <args> --json`, parsed.
 async fn celery_json(env: &Env, args: &[&str]) -> Value {
     let out = tokio::time::timeout(
         WAIT,
-        python(env)
+        env.python()
             .args(["-m", "celery", "-A", "pyapp"])
             .args(args)
             .args(["--json", "-t", "5", "-d", &hostname(env)])
@@ -70,22 +52,11 @@ async fn celery_json(env: &Env, args: &[&str]) -> Value {
     }
 }
 
-async fn wait_result(env: &Env, id: &str) -> State {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(m) = env.backend.get(id).await.unwrap() {
-            if m.status.is_ready() {
-                return m.status;
-            }
-        }
-        assert!(Instant::now() < deadline, "no result for {id}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn celery_inspect_and_control_see_our_worker() {
-    let Some(env) = setup().await else { return };
+    let Some(env) = Env::redis_with_python().await else {
+        return;
+    };
     let w = Running::start(env.monitored_worker(Ctx::default()).build());
     wait_ready(&env).await;
     let me = hostname(&env);
@@ -125,7 +96,7 @@ async fn celery_inspect_and_control_see_our_worker() {
             .contains(&held),
         "{revoked}"
     );
-    assert_eq!(wait_result(&env, &held).await, State::Revoked);
+    assert_eq!(env.final_meta(&held).await.status, State::Revoked);
     // celery control revoke: a task revoked before it arrives never runs.
     let later = uuid::Uuid::new_v4().to_string();
     let r = celery_json(&env, &["control", "revoke", &later]).await;
@@ -139,7 +110,7 @@ async fn celery_inspect_and_control_see_our_worker() {
         .send_task("tests.add", vec![json!(1), json!(1)], Map::new(), opts)
         .await
         .unwrap();
-    assert_eq!(wait_result(&env, &later).await, State::Revoked);
+    assert_eq!(env.final_meta(&later).await.status, State::Revoked);
 
     // celery control rate_limit takes effect: 2/s spaces 4 runs over > 1 s.
     let rl = celery_json(&env, &["control", "rate_limit", "tests.record", "2/s"]).await;
@@ -154,7 +125,7 @@ async fn celery_inspect_and_control_see_our_worker() {
     )
     .await;
     for id in &ids {
-        wait_result(&env, id).await;
+        env.final_meta(id).await;
     }
     assert!(
         t0.elapsed() >= Duration::from_millis(1400),
@@ -168,8 +139,11 @@ async fn celery_inspect_and_control_see_our_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn celery_events_dump_prints_our_events() {
-    let Some(env) = setup().await else { return };
-    let mut dump = python(&env)
+    let Some(env) = Env::redis_with_python().await else {
+        return;
+    };
+    let mut dump = env
+        .python()
         .args(["-m", "celery", "-A", "pyapp", "events", "--dump"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -217,7 +191,8 @@ fn free_port() -> u16 {
 }
 
 async fn http_json(env: &Env, url: &str) -> Value {
-    let out = python(env)
+    let out = env
+        .python()
         .args(["client.py", "http", url])
         .output()
         .await
@@ -228,9 +203,12 @@ async fn http_json(env: &Env, url: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn flower_shows_our_worker_and_task_states() {
-    let Some(env) = setup().await else { return };
+    let Some(env) = Env::redis_with_python().await else {
+        return;
+    };
     let port = free_port();
-    let _flower = python(&env)
+    let _flower = env
+        .python()
         .args([
             "-m",
             "celery",
@@ -271,8 +249,8 @@ async fn flower_shows_our_worker_and_task_states() {
     // Flower learns tasks from events only: it has been listening since it started.
     let ok = send(&env, "tests.add", vec![json!(1), json!(2)]).await;
     let bad = send(&env, "tests.fail", vec![json!("nope")]).await;
-    wait_result(&env, &ok).await;
-    wait_result(&env, &bad).await;
+    env.final_meta(&ok).await;
+    env.final_meta(&bad).await;
     loop {
         let tasks = http_json(&env, &format!("{base}/api/tasks")).await;
         let state = |id: &str| {
@@ -295,9 +273,12 @@ async fn flower_shows_our_worker_and_task_states() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn our_mailbox_reaches_a_python_worker() {
-    let Some(env) = setup().await else { return };
+    let Some(env) = Env::redis_with_python().await else {
+        return;
+    };
     let py = format!("py@{}", env.queue);
-    let _worker = python(&env)
+    let _worker = env
+        .python()
         .args([
             "-m", "celery", "-A", "pyapp", "worker", "-Q", &env.queue, "-P", "solo", "-l",
             "WARNING",

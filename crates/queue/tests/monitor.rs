@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{hostname, send, wait_ready, Ctx, Env, Running};
 use openthreat_queue::control::{Broadcast, Envelope, EventReceiver, Mailbox, PIDBOX_EXCHANGE};
-use openthreat_queue::{State, TaskMeta};
+use openthreat_queue::State;
 use serde_json::{json, Map, Value};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -58,21 +58,6 @@ async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
         assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn result(env: &Env, id: &str) -> TaskMeta {
-    let mut meta = None;
-    until("result stored", async || {
-        meta = env
-            .backend
-            .get(id)
-            .await
-            .unwrap()
-            .filter(|m| m.status.is_ready());
-        meta.is_some()
-    })
-    .await;
-    meta.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -141,7 +126,7 @@ async fn events_describe_worker_and_task_lifecycles() {
             json!({"ok": "task events disabled"})
         );
         let quiet = send(&env, "tests.add", vec![json!(1), json!(1)]).await;
-        result(&env, &quiet).await;
+        env.final_meta(&quiet).await;
         assert_eq!(
             ask(&env, "enable_events", json!({})).await,
             json!({"ok": "task events enabled"})
@@ -284,7 +269,7 @@ async fn control_changes_the_running_worker() {
         .await;
         let r = ask(&env, "revoke", json!({"task_id": held, "terminate": true})).await;
         assert!(r["ok"].as_str().unwrap().contains(&held), "{kind}: {r}");
-        assert_eq!(result(&env, &held).await.status, State::Revoked, "{kind}");
+        assert_eq!(env.final_meta(&held).await.status, State::Revoked, "{kind}");
         assert_eq!(ask(&env, "revoked", json!({})).await, json!([held]));
         // A plain revoke stops a task that has not arrived yet.
         let later = uuid::Uuid::new_v4().to_string();
@@ -295,7 +280,11 @@ async fn control_changes_the_running_worker() {
             .send_task("tests.add", vec![json!(1), json!(1)], Map::new(), opts)
             .await
             .unwrap();
-        assert_eq!(result(&env, &later).await.status, State::Revoked, "{kind}");
+        assert_eq!(
+            env.final_meta(&later).await.status,
+            State::Revoked,
+            "{kind}"
+        );
 
         // rate_limit: 2/s spaces ten runs over more than 4 s; removing it lets them through.
         assert_eq!(
@@ -313,7 +302,7 @@ async fn control_changes_the_running_worker() {
         )
         .await;
         for id in &ids {
-            result(&env, id).await;
+            env.final_meta(id).await;
         }
         assert!(
             t0.elapsed() >= Duration::from_millis(900),
@@ -332,7 +321,7 @@ async fn control_changes_the_running_worker() {
             json!({"ok": "time limits set successfully"})
         );
         let limited = send(&env, "tests.hold", vec![json!(5_000)]).await;
-        let meta = result(&env, &limited).await;
+        let meta = env.final_meta(&limited).await;
         assert_eq!(meta.status, State::Failure, "{kind}");
         assert!(
             meta.result["exc_type"]

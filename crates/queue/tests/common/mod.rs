@@ -491,3 +491,38 @@ pub async fn send(env: &Env, name: &str, args: Vec<serde_json::Value>) -> String
         .id()
         .to_owned()
 }
+
+impl Env {
+    /// Redis and Python's celery both present (else skipped, or a failure under CI).
+    pub async fn redis_with_python() -> Option<Env> {
+        if !python_available() {
+            return None;
+        }
+        Env::redis().await
+    }
+
+    /// `python3` in `tests/python/`, configured for this env's Redis prefix.
+    pub fn python(&self) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new("python3");
+        c.current_dir(python_dir())
+            .env("OTQ_URL", REDIS_URL)
+            .env("OTQ_PREFIX", &self.prefix)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .kill_on_drop(true);
+        c
+    }
+
+    /// Waits (up to 30 s) for task `id` to reach a final state; its meta.
+    pub async fn final_meta(&self, id: &str) -> openthreat_queue::TaskMeta {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(m) = self.backend.get(id).await.unwrap() {
+                if m.status.is_ready() {
+                    return m;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "no result for {id}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
