@@ -284,18 +284,23 @@ fn beat_list_shows_the_timetable_and_a_bad_file_names_entry_and_line() {
     assert!(t.contains("line 7") && t.contains("broken"), "{t}");
 }
 
-#[test]
-fn run_starts_worker_and_beat_in_one_process_and_stops_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let schedule = dir.path().join("schedule.toml");
+/// `openthreat run` with one worker slot, a beat entry running the test task
+/// every second and the API on a free port. Returns the process, its stdout
+/// (keep it open: `run` must never write to a closed pipe), the start-up
+/// lines and the API's address.
+fn start_run_ticking(
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> (Child, BufReader<std::process::ChildStdout>, String, String) {
+    let schedule = dir.join("schedule.toml");
     std::fs::write(
         &schedule,
         "[schedule.tick]\ntask = \"backend.tasks.test_task\"\nargs = [\"tick\"]\nevery = \"1s\"\n",
     )
     .unwrap();
     let mut child = spawn(
-        dir.path(),
-        &[NO_OLLAMA, ("RUST_LOG", "openthreat_queue=info")],
+        dir,
+        env,
         &[
             "run",
             "-c",
@@ -306,12 +311,28 @@ fn run_starts_worker_and_beat_in_one_process_and_stops_cleanly() {
             schedule.to_str().unwrap(),
         ],
     );
-    // The start-up lines say what the process uses.
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut banner = String::new();
     for _ in 0..8 {
         stdout.read_line(&mut banner).unwrap();
     }
+    let addr = banner
+        .lines()
+        .find_map(|l| l.strip_prefix("  http     : http://"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no http line in {banner}"))
+        .to_string();
+    (child, stdout, banner, addr)
+}
+
+#[test]
+fn run_starts_worker_and_beat_in_one_process_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _stdout, banner, addr) = start_run_ticking(
+        dir.path(),
+        &[NO_OLLAMA, ("RUST_LOG", "openthreat_queue=info")],
+    );
+    // The start-up lines say what the process uses.
     assert!(
         banner.contains("database : sqlite://data/openthreat.db"),
         "{banner}"
@@ -327,12 +348,6 @@ fn run_starts_worker_and_beat_in_one_process_and_stops_cleanly() {
     assert!(banner.contains("beat     : 1 entries"), "{banner}");
 
     // The HTTP API runs in the same process and answers on the address it printed.
-    let addr = banner
-        .lines()
-        .find_map(|l| l.strip_prefix("  http     : http://"))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no http line in {banner}"))
-        .to_string();
     let health = http_get(&addr, "/health");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(health.contains("\"database\""), "{health}");
@@ -366,38 +381,8 @@ fn run_starts_worker_and_beat_in_one_process_and_stops_cleanly() {
 #[test]
 fn inspect_control_and_events_reach_run_in_another_process_on_the_embedded_queue() {
     let dir = tempfile::tempdir().unwrap();
-    let schedule = dir.path().join("schedule.toml");
-    std::fs::write(
-        &schedule,
-        "[schedule.tick]\ntask = \"backend.tasks.test_task\"\nargs = [\"tick\"]\nevery = \"1s\"\n",
-    )
-    .unwrap();
-    let mut run = spawn(
-        dir.path(),
-        &[NO_OLLAMA],
-        &[
-            "run",
-            "-c",
-            "1",
-            "--bind",
-            "127.0.0.1:0",
-            "--schedule",
-            schedule.to_str().unwrap(),
-        ],
-    );
     let env = [NO_OLLAMA];
-    // Kept open until the end: `run` must never write to a closed pipe.
-    let mut run_out = BufReader::new(run.stdout.take().unwrap());
-    let mut banner = String::new();
-    for _ in 0..8 {
-        run_out.read_line(&mut banner).unwrap();
-    }
-    let addr = banner
-        .lines()
-        .find_map(|l| l.strip_prefix("  http     : http://"))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no http line in {banner}"))
-        .to_string();
+    let (run, run_out, _, addr) = start_run_ticking(dir.path(), &env);
 
     // The worker answers once it has subscribed to the mailbox.
     let deadline = Instant::now() + Duration::from_secs(30);
