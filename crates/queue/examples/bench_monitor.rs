@@ -1,4 +1,4 @@
-//! Monitoring benchmarks: `bench_monitor BROKER_URL [N] [CONCURRENCY]`.
+//! Queue and monitoring benchmarks: `bench_monitor BROKER_URL [N] [CONCURRENCY]`.
 //!
 //! 1. No-op throughput with events off and on: N no-op tasks published, then
 //!    drained by one worker; with events on, an event receiver consumes the
