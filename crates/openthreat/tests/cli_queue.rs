@@ -412,7 +412,15 @@ fn inspect_control_and_events_reach_run_in_another_process_on_the_embedded_queue
     let limited = openthreat(
         dir.path(),
         &env,
-        &["control", "rate_limit", "backend.tasks.test_task", "100/m"],
+        // Options may follow the subcommand, as `celery control` takes them.
+        &[
+            "control",
+            "rate_limit",
+            "backend.tasks.test_task",
+            "100/m",
+            "-d",
+            node,
+        ],
     );
     assert!(limited.status.success(), "{}", text(&limited));
     assert!(

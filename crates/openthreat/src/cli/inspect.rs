@@ -58,13 +58,14 @@ impl Method {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
     /// Only these workers (comma-separated node names, e.g. celery@host1).
-    #[arg(short = 'd', long, value_delimiter = ',')]
+    // Global: accepted before or after a control subcommand.
+    #[arg(short = 'd', long, value_delimiter = ',', global = true)]
     destination: Vec<String>,
     /// Seconds to wait for replies.
-    #[arg(short = 't', long, default_value_t = 1.0)]
+    #[arg(short = 't', long, default_value_t = 1.0, global = true)]
     timeout: f64,
     /// Print the replies as one JSON object keyed by worker.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
 }
 
