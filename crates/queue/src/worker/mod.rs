@@ -260,10 +260,11 @@ struct Shared<C> {
 }
 
 impl<C> Shared<C> {
-    /// Sends a task event if events are on.
-    fn event(&self, kind: &str, fields: serde_json::Map<String, Value>) {
-        if let Some(ev) = self.events.get() {
-            ev.send(kind, fields);
+    /// Sends an event if events are on. The fields are built only then:
+    /// with events off, a task pays for no JSON.
+    fn event(&self, kind: &str, fields: impl FnOnce() -> serde_json::Map<String, Value>) {
+        if let Some(ev) = self.events.get().filter(|e| e.enabled()) {
+            ev.send(kind, fields());
         }
     }
 
@@ -368,7 +369,6 @@ impl<C: Clone + Send + Sync + 'static> Worker<C> {
             monitor.push(tokio::spawn(heartbeats(
                 shared.clone(),
                 self.heartbeat_interval,
-                "worker-online",
             )));
         }
 
@@ -436,14 +436,14 @@ fn worker_fields<C>(shared: &Shared<C>) -> serde_json::Map<String, Value> {
     ])
 }
 
-/// Sends `first` (`worker-online`) and then a heartbeat every `every`.
-async fn heartbeats<C>(shared: Arc<Shared<C>>, every: Duration, first: &'static str) {
-    shared.event(first, worker_fields(&shared));
+/// Sends `worker-online` and then a `worker-heartbeat` every `every`.
+async fn heartbeats<C>(shared: Arc<Shared<C>>, every: Duration) {
+    shared.event("worker-online", || worker_fields(&shared));
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
         tick.tick().await;
-        shared.event("worker-heartbeat", worker_fields(&shared));
+        shared.event("worker-heartbeat", || worker_fields(&shared));
     }
 }
 
@@ -559,10 +559,9 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
     let Some(entry) = shared.registry.get(&name) else {
         let reason = format!("unknown task {name:?}");
         tracing::error!(task_id = %id, "{reason}: moved to dead letters");
-        shared.event(
-            "task-rejected",
-            fields([("uuid", json!(id)), ("requeue", json!(false))]),
-        );
+        shared.event("task-rejected", || {
+            fields([("uuid", json!(id)), ("requeue", json!(false))])
+        });
         log_err(
             "dead-letter",
             &id,
@@ -612,8 +611,7 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
         started: None,
     });
     let _forget = Forget(&shared.state, &id);
-    shared.event(
-        "task-received",
+    shared.event("task-received", || {
         fields([
             ("uuid", json!(id)),
             ("name", json!(name)),
@@ -641,18 +639,17 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
                 "expires",
                 json!(msg.headers.expires.map(|t| t.to_rfc3339())),
             ),
-        ]),
-    );
+        ])
+    });
     let revoked_event = |expired: bool| {
-        shared.event(
-            "task-revoked",
+        shared.event("task-revoked", || {
             fields([
                 ("uuid", json!(id)),
                 ("terminated", json!(false)),
                 ("signum", Value::Null),
                 ("expired", json!(expired)),
-            ]),
-        );
+            ])
+        });
     };
 
     if shared.state.is_revoked(&id) {
@@ -720,8 +717,7 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
         Err(e) => {
             let reason = format!("bad arguments for {name}: {e}");
             tracing::error!(task_id = %id, "{reason}: moved to dead letters");
-            shared.event(
-                "task-failed",
+            shared.event("task-failed", || {
                 fields([
                     ("uuid", json!(id)),
                     (
@@ -729,8 +725,8 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
                         json!(format!("TypeError({})", py_repr(&json!(reason)))),
                     ),
                     ("traceback", json!("")),
-                ]),
-            );
+                ])
+            });
             log_err(
                 "dead-letter",
                 &id,
@@ -775,10 +771,9 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
         }
     };
     let terminate = shared.state.start(&id);
-    shared.event(
-        "task-started",
-        fields([("uuid", json!(id)), ("pid", json!(std::process::id()))]),
-    );
+    shared.event("task-started", || {
+        fields([("uuid", json!(id)), ("pid", json!(std::process::id()))])
+    });
     if shared.track_started {
         let info = serde_json::json!({"pid": std::process::id(), "hostname": shared.hostname});
         store(TaskMeta::new(&id, State::Started, info)).await;
@@ -822,14 +817,13 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
         }
     };
     let failed_event = |f: &Failure| {
-        shared.event(
-            "task-failed",
+        shared.event("task-failed", || {
             fields([
                 ("uuid", json!(id)),
                 ("exception", json!(exception_repr(f))),
                 ("traceback", json!("")),
-            ]),
-        );
+            ])
+        });
     };
     let runtime = started.elapsed();
 
@@ -841,28 +835,26 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
         }
         Outcome::Terminated => {
             tracing::warn!(task_id = %id, task = %name, "terminated by revoke");
-            shared.event(
-                "task-revoked",
+            shared.event("task-revoked", || {
                 fields([
                     ("uuid", json!(id)),
                     ("terminated", json!(true)),
                     ("signum", json!(15)),
                     ("expired", json!(false)),
-                ]),
-            );
+                ])
+            });
             let f = Failure::new("celery.exceptions.TaskRevokedError", "terminated");
             store(TaskMeta::failed(&id, State::Revoked, &f, None)).await
         }
         Outcome::Finished(Ok(Ok(value))) => {
             tracing::info!(task_id = %id, task = %name, ?runtime, "succeeded");
-            shared.event(
-                "task-succeeded",
+            shared.event("task-succeeded", || {
                 fields([
                     ("uuid", json!(id)),
                     ("result", json!(truncate(py_repr(&value), 1024))),
                     ("runtime", json!(runtime.as_secs_f64())),
-                ]),
-            );
+                ])
+            });
             store(TaskMeta::new(&id, State::Success, value)).await
         }
         Outcome::Finished(Ok(Err(TaskError::Retry { countdown, failure })))
@@ -882,14 +874,13 @@ async fn handle<C: Clone + Send + Sync + 'static>(shared: &Shared<C>, delivery: 
                 tracing::error!(task_id = %id, error = %e, "could not publish retry");
                 return;
             }
-            shared.event(
-                "task-retried",
+            shared.event("task-retried", || {
                 fields([
                     ("uuid", json!(id)),
                     ("exception", json!(exception_repr(&failure))),
                     ("traceback", json!("")),
-                ]),
-            );
+                ])
+            });
             // The retry message exists now: ack the original whatever the store does.
             store(TaskMeta::failed(&id, State::Retry, &failure, None)).await;
             true
