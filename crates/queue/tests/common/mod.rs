@@ -512,6 +512,24 @@ impl Env {
         c
     }
 
+    /// Sends `n` `tests.record` tasks at once and returns how long it took
+    /// until all had finished: what a rate limit stretches.
+    pub async fn time_records(&self, n: usize) -> Duration {
+        let t0 = std::time::Instant::now();
+        let ids: Vec<String> = futures::future::join_all((0..n).map(|i| {
+            send(
+                self,
+                "tests.record",
+                vec![serde_json::json!(format!("r{i}"))],
+            )
+        }))
+        .await;
+        for id in &ids {
+            self.final_meta(id).await;
+        }
+        t0.elapsed()
+    }
+
     /// Waits (up to 30 s) for task `id` to reach a final state; its meta.
     pub async fn final_meta(&self, id: &str) -> openthreat_queue::TaskMeta {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
