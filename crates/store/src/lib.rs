@@ -223,6 +223,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// (`now`'s date), oldest first, days without CVEs included as 0.
     async fn timeline(&self, days: u32, now: DateTime<Utc>) -> Result<Vec<DayCount>>;
 
+    /// A number that changes with every write through this store, so that
+    /// callers caching what they read (the API's response cache) know when
+    /// their copy is stale. Writes by other processes do not change it.
+    fn data_generation(&self) -> u64;
+
     /// Opens an ingestion run in state `running` and returns its id.
     async fn start_ingestion_run(&self, source: &str, now: DateTime<Utc>) -> Result<i64>;
 
@@ -233,6 +238,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         outcome: &RunOutcome,
         now: DateTime<Utc>,
     ) -> Result<()>;
+
+    /// Notes that run `id` is still alive (see [`Store::close_silent_runs`]).
+    async fn heartbeat_ingestion_run(&self, id: i64, now: DateTime<Utc>) -> Result<()>;
+
+    /// Closes as failed every run still `running` whose last sign of life
+    /// (heartbeat, or start when it never beat) is before `silent_since`:
+    /// its process was killed or crashed and can no longer close it.
+    /// Returns how many were closed.
+    async fn close_silent_runs(
+        &self,
+        silent_since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64>;
 
     /// The latest runs, newest first.
     async fn ingestion_runs(&self, limit: u32) -> Result<Vec<IngestionRun>>;

@@ -592,32 +592,50 @@ impl Store for SqliteStore {
 
         let mut list = QueryBuilder::<Sqlite>::new(format!("SELECT {VULN_COLUMNS} FROM "));
         let dir = query.order.sql();
+        let push_page = |list: &mut QueryBuilder<'_, Sqlite>| {
+            list.push(" LIMIT ")
+                .push_bind(i64::from(query.page_size))
+                .push(" OFFSET ")
+                .push_bind(query.offset());
+        };
         match query.q_phrases().filter(|_| query.ranked()) {
             Some(phrases) => {
                 // bm25 is lower for better matches: "desc" (best first) is
                 // ascending. Weights follow the column order of the table:
-                // an id or title hit outranks a passing mention. CROSS JOIN
-                // fixes the order: the matches first, each row then looked
-                // up by id; the other way round SQLite ran the MATCH once per
-                // row of the table (seconds per search at 100 000 CVEs).
+                // an id or title hit outranks a passing mention.
+                //
+                // The page's ids are chosen first (the sorter then holds
+                // narrow (id, rank) records, not every match's whole row),
+                // and the wide rows are read for those ids only. CROSS JOIN
+                // fixes the inner order: the matches first, each row then
+                // looked up by id; the other way round SQLite ran the MATCH
+                // once per row of the table.
+                let rank_dir = query.order.reversed().sql();
+                let cve_id = query.q_cve_id();
+                let order = |list: &mut QueryBuilder<'_, Sqlite>, rank: &str| {
+                    list.push(" ORDER BY ");
+                    if let Some(cve_id) = &cve_id {
+                        list.push("(cve_id = ")
+                            .push_bind(cve_id.clone())
+                            .push(format_args!(") {dir}, "));
+                    }
+                    list.push(format_args!(
+                        "{rank} {rank_dir}, priority_score {dir}, id {dir}"
+                    ));
+                };
                 list.push(
-                    "(SELECT rowid AS fts_id, \
+                    "(SELECT id AS p_id, fts_rank AS p_rank FROM \
+                     (SELECT rowid AS fts_id, \
                      bm25(vulnerabilities_fts, 10.0, 5.0, 1.0, 5.0, 1.0, 2.0, 2.0) AS fts_rank \
                      FROM vulnerabilities_fts WHERE vulnerabilities_fts MATCH ",
                 )
                 .push_bind(fts5_query(&phrases))
                 .push(") CROSS JOIN vulnerabilities ON id = fts_id");
                 push_filters(&mut list, query, false);
-                list.push(" ORDER BY ");
-                if let Some(cve_id) = query.q_cve_id() {
-                    list.push("(cve_id = ")
-                        .push_bind(cve_id)
-                        .push(format_args!(") {dir}, "));
-                }
-                let rank_dir = query.order.reversed().sql();
-                list.push(format_args!(
-                    "fts_rank {rank_dir}, priority_score {dir}, id {dir}"
-                ));
+                order(&mut list, "fts_rank");
+                push_page(&mut list);
+                list.push(") CROSS JOIN vulnerabilities ON id = p_id");
+                order(&mut list, "p_rank");
             }
             None => {
                 list.push("vulnerabilities");
@@ -626,12 +644,9 @@ impl Store for SqliteStore {
                     " ORDER BY {} {dir} NULLS LAST, id {dir}",
                     query.sort.column()
                 ));
+                push_page(&mut list);
             }
         }
-        list.push(" LIMIT ")
-            .push_bind(i64::from(query.page_size))
-            .push(" OFFSET ")
-            .push_bind(query.offset());
         let rows = list.build().fetch_all(&self.pool).await?;
         let items = rows.iter().map(vuln_row).collect::<Result<Vec<_>, _>>()?;
         Ok(query.page_of(total, items))
@@ -807,6 +822,10 @@ impl Store for SqliteStore {
         Ok(crate::models::fill_days(first, days, &counts))
     }
 
+    fn data_generation(&self) -> u64 {
+        self.totals.generation()
+    }
+
     async fn start_ingestion_run(&self, source: &str, now: DateTime<Utc>) -> Result<i64> {
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO ingestion_runs (source, status, started_at) VALUES (?, 'running', ?) \
@@ -853,6 +872,35 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn heartbeat_ingestion_run(&self, id: i64, now: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "UPDATE ingestion_runs SET heartbeat_at = ? WHERE id = ? AND status = 'running'",
+        )
+        .bind(ts(now))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn close_silent_runs(
+        &self,
+        silent_since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let closed = sqlx::query(
+            "UPDATE ingestion_runs SET status = 'failed', completed_at = ?, \
+             error = 'abandoned: no sign of life since ' || \
+             substr(coalesce(heartbeat_at, started_at), 1, 19) || 'Z (its process was killed or crashed)' \
+             WHERE status = 'running' AND coalesce(heartbeat_at, started_at) < ?",
+        )
+        .bind(ts(now))
+        .bind(ts(silent_since))
+        .execute(&self.pool)
+        .await?;
+        Ok(closed.rows_affected())
     }
 
     async fn ingestion_runs(&self, limit: u32) -> Result<Vec<IngestionRun>> {

@@ -175,6 +175,7 @@ contract_tests!(
     epss_update_changes_priority,
     recompute_priorities_follows_time,
     ingestion_runs_are_recorded,
+    runs_of_killed_processes_are_closed,
     sync_state_round_trips,
     cache_entries_are_cleaned_by_age,
     sql_injection_in_filters_changes_nothing,
@@ -184,6 +185,7 @@ contract_tests!(
     relevance_puts_id_and_title_hits_first,
     query_syntax_in_q_is_plain_text,
     updated_cves_are_searched_by_their_new_words,
+    a_bulk_load_is_searchable_and_stays_updatable,
     search_index_catches_up_once,
     llm_bookkeeping,
     concurrent_llm_batch_claims_never_overlap,
@@ -1254,6 +1256,59 @@ async fn ingestion_runs_are_recorded(s: Arc<dyn Store>) {
     ));
 }
 
+/// A process killed mid-run never closes its row; the next run must not
+/// leave it `running` for ever, nor close a run that is alive.
+async fn runs_of_killed_processes_are_closed(s: Arc<dyn Store>) {
+    let t0 = now();
+    let dead = s.start_ingestion_run("nvd-feed", t0).await.unwrap();
+    s.heartbeat_ingestion_run(dead, t0 + Duration::seconds(30))
+        .await
+        .unwrap();
+    let never_beat = s
+        .start_ingestion_run("kev", t0 + Duration::seconds(40))
+        .await
+        .unwrap();
+    let alive = s.start_ingestion_run("nvd", t0).await.unwrap();
+    s.heartbeat_ingestion_run(alive, t0 + Duration::minutes(9))
+        .await
+        .unwrap();
+
+    let closed = s
+        .close_silent_runs(t0 + Duration::minutes(5), t0 + Duration::minutes(10))
+        .await
+        .unwrap();
+    assert_eq!(closed, 2);
+    let runs = s.ingestion_runs(10).await.unwrap();
+    let run = |id| runs.iter().find(|r| r.id == id).unwrap();
+    assert_eq!(run(alive).status, RunStatus::Running);
+    for (id, since) in [(dead, "00:00:30Z"), (never_beat, "00:00:40Z")] {
+        let r = run(id);
+        assert_eq!(r.status, RunStatus::Failed);
+        assert_eq!(r.completed_at, Some(t0 + Duration::minutes(10)));
+        let error = r.error.as_deref().unwrap_or_default();
+        assert!(
+            error.starts_with("abandoned: no sign of life since "),
+            "{error}"
+        );
+        assert!(error.contains(since), "{error}");
+    }
+    // A closed run's heartbeat (a slow process that was wrongly given up)
+    // does not reopen it.
+    s.heartbeat_ingestion_run(dead, t0 + Duration::minutes(11))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.ingestion_runs(10)
+            .await
+            .unwrap()
+            .iter()
+            .find(|r| r.id == dead)
+            .unwrap()
+            .status,
+        RunStatus::Failed
+    );
+}
+
 async fn sync_state_round_trips(s: Arc<dyn Store>) {
     assert_eq!(s.get_state("nvd.last_mod_end").await.unwrap(), None);
     s.set_state("nvd.last_mod_end", "2025-02-28T00:00:00Z", now())
@@ -1635,6 +1690,55 @@ async fn query_syntax_in_q_is_plain_text(s: Arc<dyn Store>) {
             }
         }
     }
+}
+
+/// A first import indexes thousands of CVEs at once (PostgreSQL rebuilds
+/// its GIN index for that, see `index_search`); afterwards the index must
+/// hold every one of them and take small changes as before.
+async fn a_bulk_load_is_searchable_and_stays_updatable(s: Arc<dyn Store>) {
+    let template = fixture("CVE-2024-3400");
+    let words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"];
+    let cves: Vec<Cve> = (0..6_000u32)
+        .map(|n| {
+            let mut c = template.clone();
+            c.cve_id = id(&format!("CVE-2023-{:05}", 10_000 + n));
+            // Every 1000th CVE carries one rare word; all carry "firewall".
+            c.description = format!(
+                "Flaw number {n} in the firewall{}.",
+                if n % 1000 == 0 {
+                    format!(" {}", words[(n / 1000) as usize])
+                } else {
+                    String::new()
+                }
+            );
+            c.title = Cve::title_from_description(&c.cve_id, &c.description);
+            c
+        })
+        .collect();
+    for chunk in cves.chunks(1000) {
+        s.upsert_cves(chunk, now()).await.unwrap();
+    }
+    assert_eq!(s.index_search().await.unwrap(), 6_000);
+    assert_eq!(s.index_search().await.unwrap(), 0, "nothing left pending");
+    assert_eq!(search(&s, "charlie").await, ["CVE-2023-12000"]);
+    let page = s
+        .list_cves(&ListQuery {
+            q: Some("firewall".into()),
+            page_size: 1,
+            ..all()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.total, 6_000);
+    // A small change after the bulk load is indexed incrementally.
+    let mut c = cves[2_000].clone();
+    c.description = "Flaw in the router, now with zulu.".into();
+    c.title = Cve::title_from_description(&c.cve_id, &c.description);
+    c.modified_at += Duration::days(1);
+    s.upsert_cves(&[c], now()).await.unwrap();
+    assert_eq!(search(&s, "zulu").await, ["CVE-2023-12000"]);
+    assert!(search(&s, "charlie").await.is_empty());
+    assert_eq!(search(&s, "echo").await, ["CVE-2023-14000"]);
 }
 
 async fn updated_cves_are_searched_by_their_new_words(s: Arc<dyn Store>) {
