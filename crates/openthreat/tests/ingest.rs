@@ -814,6 +814,39 @@ async fn nvd_sync_resumes_after_a_crash_without_loss_or_duplicates() {
     .await;
 }
 
+/// `kill -9` during an import leaves its run `running`; the next run closes
+/// it as failed (a killed process can close nothing itself), and leaves a
+/// run that is alive alone.
+#[tokio::test]
+async fn a_run_left_open_by_a_killed_process_is_closed_by_the_next_run() {
+    on_both(|t| async move {
+        let now = Utc::now();
+        let killed = t
+            .store
+            .start_ingestion_run("nvd-feed", now - chrono::Duration::hours(1))
+            .await
+            .unwrap();
+        let alive = t
+            .store
+            .start_ingestion_run("nvd", now - chrono::Duration::minutes(1))
+            .await
+            .unwrap();
+        let report = ingestor(&t)
+            .import_path(&data().join("nvd/cve"))
+            .await
+            .unwrap();
+        assert!(report.is_success(), "{report:?}");
+        let runs = t.store.ingestion_runs(10).await.unwrap();
+        let run = |id| runs.iter().find(|r| r.id == id).unwrap();
+        assert_eq!(run(killed).status, RunStatus::Failed);
+        let error = run(killed).error.clone().unwrap_or_default();
+        assert!(error.contains("killed or crashed"), "{error}");
+        assert_eq!(run(alive).status, RunStatus::Running);
+        assert_eq!(run(report.run_id.unwrap()).status, RunStatus::Success);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn first_sync_starts_at_the_newest_stored_record() {
     on_both(|t| async move {

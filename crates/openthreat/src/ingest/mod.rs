@@ -329,12 +329,24 @@ impl Ingestor {
         F: AsyncFnOnce(&mut RunState) -> Result<RunResult, IngestError>,
     {
         let started = Instant::now();
-        let run_id = self
+        let now = Utc::now();
+        match self
             .store
-            .start_ingestion_run(source.as_str(), Utc::now())
-            .await?;
+            .close_silent_runs(now - RUN_SILENT_AFTER, now)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                runs = n,
+                "closed ingestion runs left open by a killed process"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot close abandoned ingestion runs"),
+        }
+        let run_id = self.store.start_ingestion_run(source.as_str(), now).await?;
+        let heartbeat = Heartbeat::start(self.store.clone(), run_id);
         let mut state = RunState::default();
         let result = op(&mut state).await;
+        drop(heartbeat);
         if matches!(source, Source::Nvd | Source::NvdFeed) {
             self.index_search(&mut state).await;
         }
@@ -404,6 +416,37 @@ impl Ingestor {
             }
             Err(e) => tracing::warn!(error = %e, "search index not updated"),
         }
+    }
+}
+
+/// How often a running run says it is alive.
+const RUN_HEARTBEAT: Duration = Duration::from_secs(30);
+
+/// A `running` run silent for this long belongs to a dead process: the next
+/// run closes it as failed. Ten heartbeats, so a busy database never
+/// makes a live run look dead.
+const RUN_SILENT_AFTER: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
+/// Touches the run's heartbeat until dropped.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Heartbeat {
+    fn start(store: Arc<dyn Store>, run_id: i64) -> Self {
+        Heartbeat(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RUN_HEARTBEAT);
+            loop {
+                tick.tick().await;
+                if let Err(e) = store.heartbeat_ingestion_run(run_id, Utc::now()).await {
+                    tracing::warn!(run_id, error = %e, "ingestion run heartbeat not written");
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
