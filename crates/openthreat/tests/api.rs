@@ -924,6 +924,64 @@ async fn routes_answer_from_the_fixtures_on_both_stores() {
     }
 }
 
+/// Read answers are cached (see `api/cache.rs`): a write through the
+/// service's own store shows at once; a write by another process (a second
+/// store on the same database) shows in other URLs at once and in an
+/// already cached URL after the cache's TTL; errors are never cached.
+#[tokio::test]
+async fn cached_reads_see_this_process_writes_at_once() {
+    let b = seeded_sqlite().await;
+    let t = test_app(b.store.clone(), &[]);
+    let uri = "/api/v1/vulnerabilities/CVE-2019-0708";
+    let title = |a: &Answer| a.json()["simple_title"].as_str().map(str::to_string);
+    let first = get(&t.router, uri).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(title(&first), None);
+    let again = get(&t.router, uri).await;
+    assert_eq!(again.body, first.body);
+    assert_eq!(again.headers["content-type"], first.headers["content-type"]);
+    assert!(
+        again.headers.contains_key("x-request-id"),
+        "outer layers still run"
+    );
+
+    // Another process writes: this URL is served from the cache until the
+    // TTL ends, a URL not asked before shows the write.
+    let other = openthreat_store::connect(&b.url).await.unwrap();
+    let id = CveId::parse("CVE-2019-0708").unwrap();
+    other
+        .save_enrichment(
+            &id,
+            &enrichment("Other process", "Written elsewhere. Yes.", Utc::now()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(title(&get(&t.router, uri).await), None);
+    let fresh = get(&t.router, &format!("{uri}?v=2")).await;
+    assert_eq!(title(&fresh).as_deref(), Some("Other process"));
+
+    // This process writes: every cached answer is stale at once.
+    b.store
+        .save_enrichment(
+            &id,
+            &enrichment("This process", "Written here. Yes.", Utc::now()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        title(&get(&t.router, uri).await).as_deref(),
+        Some("This process")
+    );
+
+    // An error answer is not kept: the same URL succeeds once the CVE exists.
+    let missing = "/api/v1/vulnerabilities/CVE-2031-0001";
+    assert_eq!(get(&t.router, missing).await.status, StatusCode::NOT_FOUND);
+    let mut cve = fixture_cves().remove(0);
+    cve.cve_id = CveId::parse("CVE-2031-0001").unwrap();
+    other.upsert_cves(&[cve], Utc::now()).await.unwrap();
+    assert_eq!(get(&t.router, missing).await.status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn rss_stays_well_formed_with_hostile_text() {
     let mut cves = fixture_cves();

@@ -24,6 +24,7 @@
 //! URI length check → 5xx finishing (log + request id) → metrics → write guard
 //! → handler → store ([`openthreat_store::Store`]) / task gateway.
 
+mod cache;
 pub mod error;
 pub mod gateway;
 pub mod metrics;
@@ -165,6 +166,7 @@ pub struct AppState {
     pub settings: Arc<ApiSettings>,
     pub(crate) metrics: Arc<metrics::Metrics>,
     pub(crate) limiter: Arc<security::RateLimiter>,
+    pub(crate) response_cache: Arc<cache::ResponseCache>,
     /// The last LLM check and when it ran (see `routes::health`).
     pub(crate) llm_health:
         Arc<tokio::sync::Mutex<Option<(std::time::Instant, crate::doctor::Check)>>>,
@@ -192,6 +194,7 @@ impl AppState {
                 settings.write_burst,
             )),
             metrics: Arc::new(metrics::Metrics::new()?),
+            response_cache: Arc::default(),
             llm_health: Arc::default(),
             config: Arc::new(config),
             settings: Arc::new(settings),
@@ -288,8 +291,13 @@ pub fn app(state: AppState) -> Router {
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        // Innermost first: the write guard sees the matched route; metrics
-        // count its 401/429s; 5xx finishing sees everything below it.
+        // Innermost first: cached read answers skip only the handler;
+        // the write guard sees the matched route; metrics count its
+        // 401/429s and cache hits; 5xx finishing sees everything below it.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            cache::serve_cached,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             security::guard_writes,
