@@ -223,6 +223,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// (`now`'s date), oldest first, days without CVEs included as 0.
     async fn timeline(&self, days: u32, now: DateTime<Utc>) -> Result<Vec<DayCount>>;
 
+    /// Prepares for loading many records into an (almost) empty store, such
+    /// as a first import of NVD's yearly feeds: the store may put off index
+    /// maintenance until [`Store::end_bulk_load`]. Returns whether it did.
+    /// Meanwhile reads are slower, and on SQLite the vendor, product and
+    /// CWE filters do not see the records loaded since the start; a load
+    /// killed half-way is completed by the next [`Store::migrate`].
+    async fn begin_bulk_load(&self) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Ends what [`Store::begin_bulk_load`] began: rebuilds what it put off.
+    async fn end_bulk_load(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// A number that changes with every write through this store, so that
     /// callers caching what they read (the API's response cache) know when
     /// their copy is stale. Writes by other processes do not change it.

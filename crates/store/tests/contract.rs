@@ -186,6 +186,7 @@ contract_tests!(
     query_syntax_in_q_is_plain_text,
     updated_cves_are_searched_by_their_new_words,
     a_bulk_load_is_searchable_and_stays_updatable,
+    a_bulk_load_answers_like_a_normal_one,
     search_index_catches_up_once,
     llm_bookkeeping,
     concurrent_llm_batch_claims_never_overlap,
@@ -1741,6 +1742,60 @@ async fn a_bulk_load_is_searchable_and_stays_updatable(s: Arc<dyn Store>) {
     assert_eq!(search(&s, "echo").await, ["CVE-2023-14000"]);
 }
 
+/// Ids matching one filter, for comparing a bulk-loaded store with a
+/// normally filled one.
+async fn filtered(s: &Arc<dyn Store>, f: fn(&mut ListQuery)) -> Vec<String> {
+    let mut q = all();
+    f(&mut q);
+    ids(s, q).await
+}
+
+/// What a first import through `begin_bulk_load`/`end_bulk_load` leaves
+/// behind answers every filter and sort as a store filled row by row.
+async fn a_bulk_load_answers_like_a_normal_one(s: Arc<dyn Store>) {
+    let bulk = s.begin_bulk_load().await.unwrap();
+    assert_eq!(bulk, s.backend() == openthreat_store::Backend::Sqlite);
+    seed(&s).await;
+    s.end_bulk_load().await.unwrap();
+    s.end_bulk_load().await.unwrap();
+    assert_eq!(
+        filtered(&s, |q| q.vendor = Some("PaloAltoNetworks".into())).await,
+        ["CVE-2024-3400"]
+    );
+    assert_eq!(
+        filtered(&s, |q| q.product = Some("pan-os".into())).await,
+        ["CVE-2024-3400"]
+    );
+    assert!(filtered(&s, |q| q.cwe = Some("cwe-77".into()))
+        .await
+        .contains(&"CVE-2024-3400".to_string()));
+    let by_published = filtered(&s, |q| {
+        q.sort = SortField::PublishedAt;
+        q.order = SortOrder::Asc;
+    })
+    .await;
+    let mut expected = fixtures();
+    expected.sort_by_key(|c| c.published_at);
+    let expected: Vec<String> = expected
+        .iter()
+        .filter(|c| c.vuln_status != VulnStatus::Rejected)
+        .map(|c| c.cve_id.to_string())
+        .collect();
+    assert_eq!(by_published, expected);
+    // A store that is not empty is loaded with its indexes kept.
+    let many: Vec<Cve> = (0..10_001u32)
+        .map(|n| {
+            let mut c = fixture("CVE-2024-3400");
+            c.cve_id = id(&format!("CVE-2022-{:05}", 10_000 + n));
+            c
+        })
+        .collect();
+    for chunk in many.chunks(2_000) {
+        s.upsert_cves(chunk, now()).await.unwrap();
+    }
+    assert!(!s.begin_bulk_load().await.unwrap());
+}
+
 async fn updated_cves_are_searched_by_their_new_words(s: Arc<dyn Store>) {
     seed(&s).await;
     assert_eq!(
@@ -2411,6 +2466,44 @@ async fn unreachable_postgres_is_a_clear_error_without_the_password() {
         .await
         .unwrap_err();
     assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+/// The SQLite database's own index names (not the automatic ones).
+async fn sqlite_indexes(url: &str) -> Vec<String> {
+    let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+    sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+}
+
+/// `kill -9` during a bulk load leaves its indexes dropped and its terms
+/// unwritten; the next start (migrate) completes the work.
+#[tokio::test]
+async fn a_bulk_load_killed_half_way_is_completed_by_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ot.db").display());
+    let store = openthreat_store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let before = sqlite_indexes(&url).await;
+    assert!(
+        before.iter().any(|n| n == "vulnerabilities_published_at"),
+        "{before:?}"
+    );
+    assert!(store.begin_bulk_load().await.unwrap());
+    assert!(sqlite_indexes(&url).await.len() < before.len());
+    store.upsert_cves(&fixtures(), now()).await.unwrap();
+    drop(store); // killed: no end_bulk_load
+
+    let store = openthreat_store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(sqlite_indexes(&url).await, before);
+    assert_eq!(
+        filtered(&store, |q| q.vendor = Some("paloaltonetworks".into())).await,
+        ["CVE-2024-3400"]
+    );
 }
 
 #[tokio::test]
