@@ -345,7 +345,30 @@ impl Ingestor {
         let run_id = self.store.start_ingestion_run(source.as_str(), now).await?;
         let heartbeat = Heartbeat::start(self.store.clone(), run_id);
         let mut state = RunState::default();
-        let result = op(&mut state).await;
+        // Files are how a store is first filled: let the store put off its
+        // index maintenance for the whole run (see Store::begin_bulk_load).
+        let bulk = source == Source::NvdFeed
+            && match self.store.begin_bulk_load().await {
+                Ok(bulk) => bulk,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bulk load not prepared; importing with indexes");
+                    false
+                }
+            };
+        let mut result = op(&mut state).await;
+        if bulk {
+            self.progress.begin("building indexes", None);
+            let t = Instant::now();
+            match self.store.end_bulk_load().await {
+                Ok(()) => state.detail(
+                    "bulk_index_seconds",
+                    (t.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+                ),
+                // The store finishes it at its next start (migrate).
+                Err(e) if result.is_ok() => result = Err(e.into()),
+                Err(e) => tracing::error!(error = %e, "indexes not rebuilt after a failed import"),
+            }
+        }
         drop(heartbeat);
         if matches!(source, Source::Nvd | Source::NvdFeed) {
             self.index_search(&mut state).await;
