@@ -980,6 +980,24 @@ async fn cached_reads_see_this_process_writes_at_once() {
     cve.cve_id = CveId::parse("CVE-2031-0001").unwrap();
     other.upsert_cves(&[cve], Utc::now()).await.unwrap();
     assert_eq!(get(&t.router, missing).await.status, StatusCode::OK);
+
+    // OPENTHREAT_API_CACHE_SECONDS=0: every answer is read afresh.
+    let uncached = test_app(b.store.clone(), &[("OPENTHREAT_API_CACHE_SECONDS", "0")]);
+    assert_eq!(
+        title(&get(&uncached.router, uri).await).as_deref(),
+        Some("This process")
+    );
+    other
+        .save_enrichment(
+            &id,
+            &enrichment("Third", "Written elsewhere again. Yes.", Utc::now()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        title(&get(&uncached.router, uri).await).as_deref(),
+        Some("Third")
+    );
 }
 
 #[tokio::test]
@@ -1556,6 +1574,7 @@ async fn bad_settings_are_named() {
         ("OPENTHREAT_CORS_ORIGINS", "http://ok.example,\u{7f}bad"),
         ("OPENTHREAT_PUBLIC_URL", "ftp://x"),
         ("OPENTHREAT_WRITE_RATE_PER_MINUTE", "-3"),
+        ("OPENTHREAT_API_CACHE_SECONDS", "five"),
     ] {
         let err = AppState::new(b.store.clone(), config(&[(var, value)]))
             .unwrap_err()

@@ -6,12 +6,13 @@
 //! makes latency climb: a ranked search over a common word scores every
 //! match. A response is kept here as bytes, keyed by path and query string.
 //!
-//! Freshness is the store's, plus [`TTL`]:
+//! Freshness is the store's, plus the TTL (`OPENTHREAT_API_CACHE_SECONDS`,
+//! default [`DEFAULT_TTL`], `0` for no cache):
 //! * every write through this process's store bumps
 //!   [`Store::data_generation`](openthreat_store::Store::data_generation)
 //!   and makes every cached response stale at once;
 //! * writes by another process (a worker importing into the same database)
-//!   show after at most [`TTL`].
+//!   show after at most the TTL.
 //!
 //! Concurrent requests for the same missing key wait for the first one to
 //! compute it (one computation, not 64, when an entry expires under load).
@@ -32,8 +33,8 @@ use tokio::sync::OnceCell;
 use super::AppState;
 
 /// How long a response may be served when nothing was written through this
-/// process's store.
-pub const TTL: Duration = Duration::from_secs(5);
+/// process's store, unless configured otherwise.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(5);
 
 /// Largest body kept (a page of 100 CVEs with their references is well
 /// under this; RSS feeds too).
@@ -75,10 +76,10 @@ pub struct ResponseCache {
 impl ResponseCache {
     /// The cell for `key` in `generation`: the current one when still
     /// fresh, else a new empty one that replaces it.
-    fn cell(&self, key: &str, generation: u64) -> Arc<OnceCell<Cached>> {
+    fn cell(&self, key: &str, generation: u64, ttl: Duration) -> Arc<OnceCell<Cached>> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = slots.get(key) {
-            if s.generation == generation && s.at.elapsed() < TTL {
+            if s.generation == generation && s.at.elapsed() < ttl {
                 return s.value.clone();
             }
         }
@@ -106,13 +107,14 @@ fn cacheable(request: &Request) -> bool {
 /// The middleware: answers from the cache, or runs the handler and keeps
 /// its answer (see the module documentation).
 pub async fn serve_cached(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if !cacheable(&request) {
+    let ttl = state.settings.response_cache_ttl;
+    if ttl.is_zero() || !cacheable(&request) {
         return next.run(request).await;
     }
     let key = request.uri().to_string();
     let cell = state
         .response_cache
-        .cell(&key, state.store.data_generation());
+        .cell(&key, state.store.data_generation(), ttl);
     let mut uncached = None;
     let hit = cell
         .get_or_try_init(|| async {

@@ -24,7 +24,7 @@
 //! URI length check → 5xx finishing (log + request id) → metrics → write guard
 //! → handler → store ([`openthreat_store::Store`]) / task gateway.
 
-mod cache;
+pub mod cache;
 pub mod error;
 pub mod gateway;
 pub mod metrics;
@@ -90,6 +90,9 @@ pub struct ApiSettings {
     pub write_rate_per_minute: u32,
     /// `OPENTHREAT_WRITE_BURST` (default 10).
     pub write_burst: u32,
+    /// `OPENTHREAT_API_CACHE_SECONDS`: how long a read answer is reused
+    /// (default 5; `0` turns the cache off). See `api/cache.rs`.
+    pub response_cache_ttl: std::time::Duration,
 }
 
 impl ApiSettings {
@@ -145,9 +148,20 @@ impl ApiSettings {
                 });
             }
         }
+        let response_cache_ttl = match get("OPENTHREAT_API_CACHE_SECONDS") {
+            None => cache::DEFAULT_TTL,
+            Some(v) => v
+                .parse::<u16>()
+                .map(|s| std::time::Duration::from_secs(s.into()))
+                .map_err(|_| ApiConfigError::Invalid {
+                    var: "OPENTHREAT_API_CACHE_SECONDS",
+                    problem: format!("{v:?} is not a number of seconds (0 to 65535)"),
+                })?,
+        };
         Ok(ApiSettings {
             public_url,
             cors_origins,
+            response_cache_ttl,
             write_rate_per_minute: number("OPENTHREAT_WRITE_RATE_PER_MINUTE", 30)?,
             write_burst: number("OPENTHREAT_WRITE_BURST", 10)?,
         })
