@@ -536,21 +536,18 @@ impl Store for PgStore {
                 self.index_search().await?;
             }
         }
-        let key = crate::totals::TotalsCache::key(query);
-        let total = match key.as_deref().and_then(|k| self.totals.get(k)) {
-            Some(total) => total,
-            None => {
-                let generation = self.totals.generation();
+        let total = self
+            .totals
+            .get_or_count(crate::totals::TotalsCache::key(query), || async {
                 let mut count =
                     QueryBuilder::<Postgres>::new("SELECT COUNT(*) FROM vulnerabilities");
                 push_filters(&mut count, query, true);
-                let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
-                if let Some(key) = key {
-                    self.totals.put(key, total, generation);
-                }
-                total
-            }
-        };
+                Ok(count
+                    .build_query_scalar::<i64>()
+                    .fetch_one(&self.pool)
+                    .await?)
+            })
+            .await?;
 
         let mut list =
             QueryBuilder::<Postgres>::new(format!("SELECT {VULN_COLUMNS} FROM vulnerabilities"));

@@ -704,20 +704,17 @@ impl Store for SqliteStore {
         if query.q_phrases().is_some_and(|p| !p.is_empty()) {
             self.index_search_if_pending().await?;
         }
-        let key = crate::totals::TotalsCache::key(query);
-        let total = match key.as_deref().and_then(|k| self.totals.get(k)) {
-            Some(total) => total,
-            None => {
-                let generation = self.totals.generation();
+        let total = self
+            .totals
+            .get_or_count(crate::totals::TotalsCache::key(query), || async {
                 let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM vulnerabilities");
                 push_filters(&mut count, query, true);
-                let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
-                if let Some(key) = key {
-                    self.totals.put(key, total, generation);
-                }
-                total
-            }
-        };
+                Ok(count
+                    .build_query_scalar::<i64>()
+                    .fetch_one(&self.pool)
+                    .await?)
+            })
+            .await?;
 
         let mut list = QueryBuilder::<Sqlite>::new(format!("SELECT {VULN_COLUMNS} FROM "));
         let dir = query.order.sql();

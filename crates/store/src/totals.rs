@@ -14,8 +14,9 @@
 //! after at most [`TTL`]; the rows of a page are always read fresh.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::query::{ListQuery, SortField, SortOrder};
@@ -40,6 +41,10 @@ pub(crate) struct TotalsCache {
     /// Bumped by every write; entries of an older generation are stale.
     generation: AtomicU64,
     entries: Mutex<HashMap<String, Entry>>,
+    /// One lock per key being counted, so that many requests missing the
+    /// same total wait for one count instead of each running it (64
+    /// concurrent clients each scanning the table made every page slow).
+    counting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl TotalsCache {
@@ -92,6 +97,41 @@ impl TotalsCache {
         );
     }
 
+    /// The total under `key`, counted by `count` when not cached; `None`
+    /// keys are always counted. Concurrent callers with the same key wait
+    /// for one count.
+    pub(crate) async fn get_or_count<F, Fut>(
+        &self,
+        key: Option<String>,
+        count: F,
+    ) -> crate::Result<i64>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = crate::Result<i64>>,
+    {
+        let Some(key) = key else {
+            return count().await;
+        };
+        if let Some(total) = self.get(&key) {
+            return Ok(total);
+        }
+        let lock = {
+            let mut counting = self.counting.lock().unwrap_or_else(|e| e.into_inner());
+            if counting.len() >= MAX_ENTRIES {
+                counting.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            counting.entry(key.clone()).or_default().clone()
+        };
+        let _one = lock.lock().await;
+        if let Some(total) = self.get(&key) {
+            return Ok(total);
+        }
+        let generation = self.generation();
+        let total = count().await?;
+        self.put(key, total, generation);
+        Ok(total)
+    }
+
     /// Makes every total stale: the data changed.
     pub(crate) fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -131,5 +171,44 @@ mod tests {
         assert_ne!(TotalsCache::key(&filtered).unwrap(), key);
         let recent = q.published_within_days(30, chrono::Utc::now());
         assert_eq!(TotalsCache::key(&recent), None);
+    }
+
+    /// Many listings asking for the same missing total at once count once.
+    #[tokio::test]
+    async fn concurrent_misses_count_once() {
+        let cache = Arc::new(TotalsCache::default());
+        let counted = Arc::new(AtomicU64::new(0));
+        let key = TotalsCache::key(&ListQuery::default());
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (cache, counted, key) = (cache.clone(), counted.clone(), key.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get_or_count(key, || async {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            Ok(7)
+                        })
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), 7);
+        }
+        assert_eq!(counted.load(Ordering::SeqCst), 1);
+        // A failed count is not kept: the next caller counts again.
+        cache.invalidate();
+        let failed = cache
+            .get_or_count(key.clone(), || async {
+                Err(crate::StoreError::NotFound("x".into()))
+            })
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(
+            cache.get_or_count(key, || async { Ok(8) }).await.unwrap(),
+            8
+        );
     }
 }
