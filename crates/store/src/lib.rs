@@ -50,6 +50,7 @@ use chrono::{DateTime, Utc};
 use openthreat_core::{Cve, CveId, Enrichment, Epss, KevFacts, Priority};
 
 pub mod error;
+pub mod fresh;
 pub mod models;
 mod plan;
 mod postgres;

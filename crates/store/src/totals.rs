@@ -13,12 +13,11 @@
 //! (the worker importing while `openthreat serve` answers) show in totals
 //! after at most [`TTL`]; the rows of a page are always read fresh.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::fresh::FreshCache;
 use crate::query::{ListQuery, SortField, SortOrder};
 
 /// How long a total may be reused when nothing was written through this store.
@@ -28,23 +27,21 @@ pub(crate) const TTL: Duration = Duration::from_secs(10);
 /// (filters are user input, so the key space is unbounded).
 const MAX_ENTRIES: usize = 4096;
 
+/// Totals by filter set; see the module documentation.
 #[derive(Debug)]
-struct Entry {
-    total: i64,
-    at: Instant,
-    generation: u64,
+pub(crate) struct TotalsCache {
+    /// Bumped by every write; totals of an older generation are stale.
+    generation: AtomicU64,
+    totals: FreshCache<i64>,
 }
 
-/// Totals by filter set; see the module documentation.
-#[derive(Debug, Default)]
-pub(crate) struct TotalsCache {
-    /// Bumped by every write; entries of an older generation are stale.
-    generation: AtomicU64,
-    entries: Mutex<HashMap<String, Entry>>,
-    /// One lock per key being counted, so that many requests missing the
-    /// same total wait for one count instead of each running it (64
-    /// concurrent clients each scanning the table made every page slow).
-    counting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+impl Default for TotalsCache {
+    fn default() -> Self {
+        TotalsCache {
+            generation: AtomicU64::new(0),
+            totals: FreshCache::new(MAX_ENTRIES),
+        }
+    }
 }
 
 impl TotalsCache {
@@ -65,41 +62,15 @@ impl TotalsCache {
         serde_json::to_string(&filters).ok()
     }
 
-    /// The current generation, to be passed to [`TotalsCache::put`] with a
-    /// total counted after reading it.
+    /// The current write generation.
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
-    pub(crate) fn get(&self, key: &str) -> Option<i64> {
-        let generation = self.generation();
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries
-            .get(key)
-            .filter(|e| e.generation == generation && e.at.elapsed() < TTL)
-            .map(|e| e.total)
-    }
-
-    /// Keeps a total counted in `generation`; if a write happened since,
-    /// the entry is already stale and will not be served.
-    pub(crate) fn put(&self, key: String, total: i64, generation: u64) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= MAX_ENTRIES {
-            entries.clear();
-        }
-        entries.insert(
-            key,
-            Entry {
-                total,
-                at: Instant::now(),
-                generation,
-            },
-        );
-    }
-
     /// The total under `key`, counted by `count` when not cached; `None`
     /// keys are always counted. Concurrent callers with the same key wait
-    /// for one count.
+    /// for one count (64 clients each scanning the table made every page
+    /// slow).
     pub(crate) async fn get_or_count<F, Fut>(
         &self,
         key: Option<String>,
@@ -109,27 +80,14 @@ impl TotalsCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = crate::Result<i64>>,
     {
-        let Some(key) = key else {
-            return count().await;
-        };
-        if let Some(total) = self.get(&key) {
-            return Ok(total);
-        }
-        let lock = {
-            let mut counting = self.counting.lock().unwrap_or_else(|e| e.into_inner());
-            if counting.len() >= MAX_ENTRIES {
-                counting.retain(|_, l| Arc::strong_count(l) > 1);
+        match key {
+            None => count().await,
+            Some(key) => {
+                self.totals
+                    .get_or_try_compute(&key, self.generation(), TTL, count)
+                    .await
             }
-            counting.entry(key.clone()).or_default().clone()
-        };
-        let _one = lock.lock().await;
-        if let Some(total) = self.get(&key) {
-            return Ok(total);
         }
-        let generation = self.generation();
-        let total = count().await?;
-        self.put(key, total, generation);
-        Ok(total)
     }
 
     /// Makes every total stale: the data changed.
@@ -140,10 +98,20 @@ impl TotalsCache {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
-    #[test]
-    fn totals_are_reused_until_a_write() {
+    /// The total counted by `get_or_count`, with `count` returning `n`.
+    async fn total(cache: &TotalsCache, key: &str, n: i64) -> i64 {
+        cache
+            .get_or_count(Some(key.to_string()), || async move { Ok(n) })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn totals_are_reused_until_a_write() {
         let cache = TotalsCache::default();
         let q = ListQuery::default();
         let key = TotalsCache::key(&q).unwrap();
@@ -153,17 +121,21 @@ mod tests {
             ..q.clone()
         };
         assert_eq!(TotalsCache::key(&other_page).unwrap(), key);
-        assert_eq!(cache.get(&key), None);
-        let g = cache.generation();
-        cache.put(key.clone(), 42, g);
-        assert_eq!(cache.get(&key), Some(42));
+        assert_eq!(total(&cache, &key, 42).await, 42, "nothing cached: counted");
+        assert_eq!(total(&cache, &key, 99).await, 42, "cached: not counted");
         cache.invalidate();
-        assert_eq!(cache.get(&key), None);
+        assert_eq!(total(&cache, &key, 43).await, 43, "a write: counted again");
         // Counted before a write, stored after it: never served.
-        let g = cache.generation();
         cache.invalidate();
-        cache.put(key.clone(), 41, g);
-        assert_eq!(cache.get(&key), None);
+        let raced = cache
+            .get_or_count(Some(key.clone()), || async {
+                cache.invalidate();
+                Ok(41)
+            })
+            .await
+            .unwrap();
+        assert_eq!(raced, 41);
+        assert_eq!(total(&cache, &key, 44).await, 44);
         let filtered = ListQuery {
             q: Some("remote".into()),
             ..q.clone()

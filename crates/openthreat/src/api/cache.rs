@@ -15,20 +15,19 @@
 //!   show after at most the TTL.
 //!
 //! Concurrent requests for the same missing key wait for the first one to
-//! compute it (one computation, not 64, when an entry expires under load).
+//! compute it (one computation, not 64, when an entry expires under load;
+//! [`FreshCache`] does that, as it does for the store's listing totals).
 //! Only `200` answers of known size up to [`MAX_BODY`] are kept; errors are
 //! never cached.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tokio::sync::OnceCell;
+use openthreat_store::fresh::FreshCache;
 
 use super::AppState;
 
@@ -60,42 +59,13 @@ struct Cached {
     body: Bytes,
 }
 
-#[derive(Debug)]
-struct Slot {
-    at: Instant,
-    generation: u64,
-    value: Arc<OnceCell<Cached>>,
-}
-
 /// The cache; one per application.
-#[derive(Debug, Default)]
-pub struct ResponseCache {
-    slots: Mutex<HashMap<String, Slot>>,
-}
+#[derive(Debug)]
+pub struct ResponseCache(FreshCache<Cached>);
 
-impl ResponseCache {
-    /// The cell for `key` in `generation`: the current one when still
-    /// fresh, else a new empty one that replaces it.
-    fn cell(&self, key: &str, generation: u64, ttl: Duration) -> Arc<OnceCell<Cached>> {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = slots.get(key) {
-            if s.generation == generation && s.at.elapsed() < ttl {
-                return s.value.clone();
-            }
-        }
-        if slots.len() >= MAX_ENTRIES {
-            slots.clear();
-        }
-        let value = Arc::new(OnceCell::new());
-        slots.insert(
-            key.to_string(),
-            Slot {
-                at: Instant::now(),
-                generation,
-                value: value.clone(),
-            },
-        );
-        value
+impl Default for ResponseCache {
+    fn default() -> Self {
+        ResponseCache(FreshCache::new(MAX_ENTRIES))
     }
 }
 
@@ -112,31 +82,21 @@ pub async fn serve_cached(State(state): State<AppState>, request: Request, next:
         return next.run(request).await;
     }
     let key = request.uri().to_string();
-    let cell = state
+    let answer = state
         .response_cache
-        .cell(&key, state.store.data_generation(), ttl);
-    let mut uncached = None;
-    let hit = cell
-        .get_or_try_init(|| async {
-            let response = next.run(request).await;
-            match keep(response).await {
-                Ok(cached) => Ok(cached),
-                Err(response) => {
-                    uncached = Some(response);
-                    Err(())
-                }
-            }
+        .0
+        .get_or_try_compute(&key, state.store.data_generation(), ttl, || async {
+            keep(next.run(request).await).await
         })
         .await;
-    match (hit, uncached) {
-        (Ok(cached), _) => {
-            let mut response = Body::from(cached.body.clone()).into_response();
-            *response.headers_mut() = cached.headers.clone();
+    match answer {
+        Ok(cached) => {
+            let mut response = Body::from(cached.body).into_response();
+            *response.headers_mut() = cached.headers;
             response
         }
-        (Err(()), Some(response)) => response,
-        // Not reachable: the init closure ran and left its response.
-        (Err(()), None) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        // Not cacheable (an error, or too large): this client's own answer.
+        Err(response) => response,
     }
 }
 
