@@ -239,9 +239,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
-    /// A number that changes with every write through this store, so that
-    /// callers caching what they read (the API's response cache) know when
-    /// their copy is stale. Writes by other processes do not change it.
+    /// A number that changes with every write of CVE data through this
+    /// store (records, KEV, EPSS, priorities, LLM results and failures,
+    /// search index), once the write is done, so that callers caching what
+    /// they read (the API's response cache) know when their copy is stale.
+    /// Bookkeeping (ingestion runs, sync state, caches) and writes by other
+    /// processes do not change it.
     fn data_generation(&self) -> u64;
 
     /// Opens an ingestion run in state `running` and returns its id.

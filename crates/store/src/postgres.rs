@@ -95,6 +95,15 @@ async fn index_pending(pool: &PgPool, first: i64, last: i64) -> Result<u64> {
 
 /// The search index as the migration defines it; nothing when it exists.
 async fn create_search_index(pool: &PgPool) -> Result<()> {
+    // Every start calls this: look first, since even `CREATE INDEX IF NOT
+    // EXISTS` locks the table against writes before it finds the index.
+    let exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('vulnerability_search_document') IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
+    if exists {
+        return Ok(());
+    }
     let mut tx = pool.begin().await?;
     sqlx::query("SET LOCAL maintenance_work_mem = '256MB'")
         .execute(&mut *tx)
@@ -345,7 +354,7 @@ impl Store for PgStore {
         cves: &[openthreat_core::Cve],
         now: DateTime<Utc>,
     ) -> Result<UpsertSummary> {
-        self.totals.invalidate();
+        let _written = self.totals.invalidate_when_done();
         if cves.is_empty() {
             return Ok(UpsertSummary::default());
         }
@@ -396,7 +405,7 @@ impl Store for PgStore {
         entries: &[(CveId, KevFacts)],
         now: DateTime<Utc>,
     ) -> Result<ApplySummary> {
-        self.totals.invalidate();
+        let _written = self.totals.invalidate_when_done();
         let (map, ids) = dedup_by_id(entries);
         let mut tx = self.pool.begin().await?;
         for chunk in ids.chunks(ROWS_PER_STATEMENT) {
@@ -445,7 +454,7 @@ impl Store for PgStore {
         scores: &[(CveId, Epss)],
         now: DateTime<Utc>,
     ) -> Result<ApplySummary> {
-        self.totals.invalidate();
+        let _written = self.totals.invalidate_when_done();
         for (id, e) in scores {
             check_epss(id.as_str(), e)?;
         }
@@ -471,7 +480,7 @@ impl Store for PgStore {
     }
 
     async fn recompute_priorities(&self, now: DateTime<Utc>) -> Result<u64> {
-        self.totals.invalidate();
+        let _written = self.totals.invalidate_when_done();
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(
             "SELECT cve_id, cvss_score, severity, published_at, exploited_in_the_wild, \
@@ -617,7 +626,7 @@ impl Store for PgStore {
     }
 
     async fn index_search(&self) -> Result<u64> {
-        self.totals.invalidate();
+        let _written = self.totals.invalidate_when_done();
         // One indexer at a time (the bulk path drops the GIN index, and a
         // second indexer would only find an empty pending list). The lock
         // is held by this transaction, so a cancelled call releases it.
@@ -933,7 +942,7 @@ impl Store for PgStore {
     }
 
     async fn save_enrichment(&self, cve_id: &CveId, e: &Enrichment) -> Result<()> {
-        self.totals.invalidate();
+        let _written = self.totals.invalidate_when_done();
         // The same statement notes the row for the search index, so the
         // LLM's words are searchable from the next index_search().
         let updated: i64 = sqlx::query_scalar(
@@ -966,6 +975,7 @@ impl Store for PgStore {
         error: &str,
         now: DateTime<Utc>,
     ) -> Result<i32> {
+        let _written = self.totals.invalidate_when_done();
         let attempts: Option<i32> = sqlx::query_scalar(
             "UPDATE vulnerabilities SET llm_error = $1, llm_attempts = llm_attempts + 1, \
              llm_claimed_until = NULL, llm_failed_at = $2 WHERE cve_id = $3 RETURNING llm_attempts",

@@ -70,6 +70,20 @@ const REBUILD_TERMS: &str = "DELETE FROM vulnerability_terms; \
     UNION ALL SELECT 'cwe', j.value, v.cve_id FROM vulnerabilities v, json_each(v.cwe_ids) j \
     ORDER BY 1, 2, 3;";
 
+/// Puts the rebuild of `vulnerability_terms` on `bulk_load_pending` (after
+/// the indexes: names sort `~` last).
+async fn note_terms_rebuild<'e, E>(db: E) -> Result<()>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    sqlx::query("INSERT OR REPLACE INTO bulk_load_pending (name, sql) VALUES (?, ?)")
+        .bind("~vulnerability_terms")
+        .bind(REBUILD_TERMS)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 /// SQLite keeps timestamps as text; a fixed width (microseconds, `Z`) makes
 /// text order equal time order, so comparisons and indexes just work.
 fn ts(dt: DateTime<Utc>) -> String {
@@ -145,6 +159,14 @@ impl SqliteStore {
     /// transaction. Index definitions are made idempotent, so running this
     /// twice (a second process starting during a load) does no harm.
     async fn finish_bulk_load(&self) -> Result<()> {
+        // Every start calls this: a plain read first, so that a start with
+        // nothing to finish never waits for SQLite's write lock.
+        let pending: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM bulk_load_pending)")
+            .fetch_one(&self.pool)
+            .await?;
+        if !pending {
+            return Ok(());
+        }
         let mut conn = self.pool.acquire().await?;
         // Building indexes sorts whole columns. SQLite's sorter keeps a
         // page cache's worth in memory and, with temp_store = MEMORY, its
@@ -478,11 +500,7 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query("INSERT OR REPLACE INTO bulk_load_pending (name, sql) VALUES (?, ?)")
-            .bind("~vulnerability_terms")
-            .bind(REBUILD_TERMS)
-            .execute(&mut *tx)
-            .await?;
+        note_terms_rebuild(&mut *tx).await?;
         tx.commit().await?;
         self.bulk.store(true, std::sync::atomic::Ordering::Release);
         Ok(true)
@@ -494,12 +512,8 @@ impl Store for SqliteStore {
         }
         // Also when another process already ran the pending work: rows
         // this one stored since then still need their terms.
-        sqlx::query("INSERT OR REPLACE INTO bulk_load_pending (name, sql) VALUES (?, ?)")
-            .bind("~vulnerability_terms")
-            .bind(REBUILD_TERMS)
-            .execute(&self.pool)
-            .await?;
-        self.totals.invalidate();
+        note_terms_rebuild(&self.pool).await?;
+        let _written = self.totals.invalidate_when_done();
         self.finish_bulk_load().await
     }
 
@@ -513,7 +527,7 @@ impl Store for SqliteStore {
         cves: &[openthreat_core::Cve],
         now: DateTime<Utc>,
     ) -> Result<UpsertSummary> {
-        self.totals.invalidate();
+        let _written = self.totals.invalidate_when_done();
         if cves.is_empty() {
             return Ok(UpsertSummary::default());
         }
@@ -579,7 +593,7 @@ impl Store for SqliteStore {
         entries: &[(CveId, KevFacts)],
         now: DateTime<Utc>,
     ) -> Result<ApplySummary> {
-        self.totals.invalidate();
+        let _written = self.totals.invalidate_when_done();
         let (map, ids) = dedup_by_id(entries);
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let now_s = ts(now);
@@ -627,7 +641,7 @@ impl Store for SqliteStore {
         scores: &[(CveId, Epss)],
         now: DateTime<Utc>,
     ) -> Result<ApplySummary> {
-        self.totals.invalidate();
+        let _written = self.totals.invalidate_when_done();
         for (id, e) in scores {
             check_epss(id.as_str(), e)?;
         }
@@ -653,7 +667,7 @@ impl Store for SqliteStore {
     }
 
     async fn recompute_priorities(&self, now: DateTime<Utc>) -> Result<u64> {
-        self.totals.invalidate();
+        let _written = self.totals.invalidate_when_done();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let rows = sqlx::query(
             "SELECT cve_id, cvss_score, severity, published_at, exploited_in_the_wild, \
@@ -779,7 +793,7 @@ impl Store for SqliteStore {
     }
 
     async fn index_search(&self) -> Result<u64> {
-        self.totals.invalidate();
+        let _written = self.totals.invalidate_when_done();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let upto: i64 = sqlx::query_scalar("SELECT indexed_upto FROM search_index_state")
             .fetch_one(&mut *tx)
@@ -1103,7 +1117,7 @@ impl Store for SqliteStore {
     }
 
     async fn save_enrichment(&self, cve_id: &CveId, e: &Enrichment) -> Result<()> {
-        self.totals.invalidate();
+        let _written = self.totals.invalidate_when_done();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query(
             "UPDATE vulnerabilities SET simple_title = ?, simple_description = ?, \
@@ -1135,6 +1149,7 @@ impl Store for SqliteStore {
         error: &str,
         now: DateTime<Utc>,
     ) -> Result<i32> {
+        let _written = self.totals.invalidate_when_done();
         let attempts: Option<i32> = sqlx::query_scalar(
             "UPDATE vulnerabilities SET llm_error = ?, llm_attempts = llm_attempts + 1, \
              llm_claimed_until = NULL, llm_failed_at = ? WHERE cve_id = ? RETURNING llm_attempts",

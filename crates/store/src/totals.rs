@@ -8,8 +8,8 @@
 //! for again and again; it is kept here for a few seconds.
 //!
 //! Freshness: every write through this store (upserts, KEV, EPSS, priority
-//! recomputation, LLM results, search indexing) invalidates all totals at
-//! once, so a process sees its own writes at once. Writes by another process
+//! recomputation, LLM results, search indexing) invalidates all totals once
+//! it is done, so a process sees its own writes at once. Writes by another process
 //! (the worker importing while `openthreat serve` answers) show in totals
 //! after at most [`TTL`]; the rows of a page are always read fresh.
 
@@ -94,6 +94,23 @@ impl TotalsCache {
     pub(crate) fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
+
+    /// For a write: makes every total stale when dropped, that is once the
+    /// write is committed (or has failed). Invalidating before the commit
+    /// would let a reader count the old data under the new generation and
+    /// serve it for the whole TTL.
+    pub(crate) fn invalidate_when_done(&self) -> InvalidateOnDrop<'_> {
+        InvalidateOnDrop(self)
+    }
+}
+
+/// See [`TotalsCache::invalidate_when_done`].
+pub(crate) struct InvalidateOnDrop<'a>(&'a TotalsCache);
+
+impl Drop for InvalidateOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.invalidate();
+    }
 }
 
 #[cfg(test)]
@@ -143,6 +160,18 @@ mod tests {
         assert_ne!(TotalsCache::key(&filtered).unwrap(), key);
         let recent = q.published_within_days(30, chrono::Utc::now());
         assert_eq!(TotalsCache::key(&recent), None);
+    }
+
+    /// A total counted while a write is under way (its data possibly not
+    /// yet committed) is not served once the write is done.
+    #[tokio::test]
+    async fn a_total_counted_during_a_write_is_stale_after_it() {
+        let cache = TotalsCache::default();
+        let key = TotalsCache::key(&ListQuery::default()).unwrap();
+        let write = cache.invalidate_when_done();
+        assert_eq!(total(&cache, &key, 1).await, 1, "counted before the commit");
+        drop(write);
+        assert_eq!(total(&cache, &key, 2).await, 2, "counted again after it");
     }
 
     /// Many listings asking for the same missing total at once count once.

@@ -8,11 +8,12 @@
 //!
 //! Freshness is the store's, plus the TTL (`OPENTHREAT_API_CACHE_SECONDS`,
 //! default [`DEFAULT_TTL`], `0` for no cache):
-//! * every write through this process's store bumps
+//! * every write of CVE data through this process's store bumps
 //!   [`Store::data_generation`](openthreat_store::Store::data_generation)
-//!   and makes every cached response stale at once;
-//! * writes by another process (a worker importing into the same database)
-//!   show after at most the TTL.
+//!   when it is done and makes every cached response stale at once;
+//! * bookkeeping (ingestion runs, the stats cache) and writes by another
+//!   process (a worker importing into the same database) show after at
+//!   most the TTL.
 //!
 //! Concurrent requests for the same missing key wait for the first one to
 //! compute it (one computation, not 64, when an entry expires under load;
