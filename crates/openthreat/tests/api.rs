@@ -949,25 +949,17 @@ async fn cached_reads_see_this_process_writes_at_once() {
     // TTL ends, a URL not asked before shows the write.
     let other = openthreat_store::connect(&b.url).await.unwrap();
     let id = CveId::parse("CVE-2019-0708").unwrap();
-    other
-        .save_enrichment(
-            &id,
-            &enrichment("Other process", "Written elsewhere. Yes.", Utc::now()),
-        )
-        .await
-        .unwrap();
+    let enrich = async |store: &dyn openthreat_store::Store, title: &str| {
+        let e = enrichment(title, "Written for this test. Yes.", Utc::now());
+        store.save_enrichment(&id, &e).await.unwrap();
+    };
+    enrich(other.as_ref(), "Other process").await;
     assert_eq!(title(&get(&t.router, uri).await), None);
     let fresh = get(&t.router, &format!("{uri}?v=2")).await;
     assert_eq!(title(&fresh).as_deref(), Some("Other process"));
 
     // This process writes: every cached answer is stale at once.
-    b.store
-        .save_enrichment(
-            &id,
-            &enrichment("This process", "Written here. Yes.", Utc::now()),
-        )
-        .await
-        .unwrap();
+    enrich(b.store.as_ref(), "This process").await;
     assert_eq!(
         title(&get(&t.router, uri).await).as_deref(),
         Some("This process")
@@ -987,13 +979,7 @@ async fn cached_reads_see_this_process_writes_at_once() {
         title(&get(&uncached.router, uri).await).as_deref(),
         Some("This process")
     );
-    other
-        .save_enrichment(
-            &id,
-            &enrichment("Third", "Written elsewhere again. Yes.", Utc::now()),
-        )
-        .await
-        .unwrap();
+    enrich(other.as_ref(), "Third").await;
     assert_eq!(
         title(&get(&uncached.router, uri).await).as_deref(),
         Some("Third")

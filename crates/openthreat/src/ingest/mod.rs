@@ -360,10 +360,7 @@ impl Ingestor {
             self.progress.begin("building indexes", None);
             let t = Instant::now();
             match self.store.end_bulk_load().await {
-                Ok(()) => state.detail(
-                    "bulk_index_seconds",
-                    (t.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-                ),
+                Ok(()) => state.detail("bulk_index_seconds", seconds_since(t)),
                 // The store finishes it at its next start (migrate).
                 Err(e) if result.is_ok() => result = Err(e.into()),
                 Err(e) => tracing::error!(error = %e, "indexes not rebuilt after a failed import"),
@@ -432,14 +429,16 @@ impl Ingestor {
         match self.store.index_search().await {
             Ok(n) => {
                 state.detail("search_indexed", n);
-                state.detail(
-                    "search_index_seconds",
-                    (t.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-                );
+                state.detail("search_index_seconds", seconds_since(t));
             }
             Err(e) => tracing::warn!(error = %e, "search index not updated"),
         }
     }
+}
+
+/// Seconds since `t`, to the millisecond, for a report's details.
+fn seconds_since(t: Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
 }
 
 /// How often a running run says it is alive.
