@@ -22,7 +22,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use openthreat::config::Config;
-use openthreat::ingest::files::check_file;
 use openthreat::ingest::{IngestSettings, Ingestor};
 use openthreat_feeds::nvd::parse::{spawn_file_batches, FileOptions};
 
@@ -54,15 +53,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Where the time goes, without a database.
     reset_peak();
-    let t = Instant::now();
-    check_file(&feed, false)?;
-    let check = t.elapsed().as_secs_f64();
-    println!(
-        "check pass (gunzip + JSON syntax):      {:>6.1} s  {:>8.0} records/s  {:>6.0} MB/s",
-        check,
-        count as f64 / check,
-        mb(json_bytes) / check
-    );
     let t = Instant::now();
     let parsed = rt.block_on(async {
         let mut rx = spawn_file_batches(
@@ -120,7 +110,7 @@ fn run_store(
         let secs = t.elapsed().as_secs_f64();
         assert_eq!(report.counts.inserted, count as u64, "{report:?}");
         println!(
-            "{name:<10} import (check + parse + store): {secs:>6.1} s  {:>8.0} CVEs/s  peak RSS {:.0} MB",
+            "{name:<10} import (parse + store):         {secs:>6.1} s  {:>8.0} CVEs/s  peak RSS {:.0} MB",
             count as f64 / secs,
             peak_mb()
         );

@@ -101,6 +101,17 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
     }
 }
 
+/// Batches of upserts in one transaction; see [`Store::begin_upserts`].
+#[async_trait]
+pub trait UpsertBatches: Send {
+    /// [`Store::upsert_cves`] inside this transaction; a later batch sees
+    /// what an earlier one wrote.
+    async fn upsert_cves(&mut self, cves: &[Cve], now: DateTime<Utc>) -> Result<UpsertSummary>;
+
+    /// Makes every batch visible at once.
+    async fn commit(self: Box<Self>) -> Result<()>;
+}
+
 /// Everything OpenThreat stores, independent of the database.
 ///
 /// Methods take `now` instead of reading the clock, so that priorities and
@@ -127,7 +138,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// kept, and the priority is recomputed for every written row. Records
     /// the database cannot hold (e.g. a CVSS score of 42) are listed in
     /// `failed`; the rest of the batch is stored.
-    async fn upsert_cves(&self, cves: &[Cve], now: DateTime<Utc>) -> Result<UpsertSummary>;
+    async fn upsert_cves(&self, cves: &[Cve], now: DateTime<Utc>) -> Result<UpsertSummary> {
+        if cves.is_empty() {
+            return Ok(UpsertSummary::default());
+        }
+        let mut batches = self.begin_upserts().await?;
+        let summary = batches.upsert_cves(cves, now).await?;
+        batches.commit().await?;
+        Ok(summary)
+    }
+
+    /// Opens one transaction for many [`Store::upsert_cves`] batches that
+    /// must land together or not at all, such as every record of one
+    /// imported file: a file found truncated half-way then leaves nothing
+    /// behind without having been read twice. Readers see none of it before
+    /// [`UpsertBatches::commit`]; dropping the value rolls it all back. On
+    /// SQLite it holds the write lock until then, so other writers wait.
+    async fn begin_upserts(&self) -> Result<Box<dyn UpsertBatches + '_>>;
 
     /// Like [`Store::upsert_cves`] for records still in their JSON form
     /// (a [`Cve`] serialised with serde): each record that does not parse —

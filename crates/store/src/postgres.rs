@@ -349,55 +349,12 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn upsert_cves(
-        &self,
-        cves: &[openthreat_core::Cve],
-        now: DateTime<Utc>,
-    ) -> Result<UpsertSummary> {
-        let _written = self.totals.invalidate_when_done();
-        if cves.is_empty() {
-            return Ok(UpsertSummary::default());
-        }
-        let mut ids: Vec<String> = cves.iter().map(|c| c.cve_id.to_string()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-
-        let mut tx = self.pool.begin().await?;
-        // Row locks on the existing records keep a concurrent upsert of the
-        // same CVEs from interleaving between our read and our write.
-        let sql = format!(
-            "SELECT {FACTS_COLUMNS}, modified_at, record_hash FROM vulnerabilities \
-             WHERE cve_id = ANY($1) FOR UPDATE"
-        );
-        let rows = sqlx::query(&sql).bind(&ids).fetch_all(&mut *tx).await?;
-        let mut existing = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let facts = facts_row(row)?;
-            let (id, ex) = existing_from(
-                facts,
-                row.try_get("modified_at")?,
-                row.try_get("record_hash")?,
-            );
-            existing.insert(id, ex);
-        }
-        let kev_rows = sqlx::query(
-            "SELECT cve_id, date_added, due_date, required_action, ransomware_use, \
-             vulnerability_name FROM kev_entries WHERE cve_id = ANY($1)",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut kev = HashMap::with_capacity(kev_rows.len());
-        for row in &kev_rows {
-            kev.insert(row.try_get::<String, _>("cve_id")?, kev_from_row(row)?);
-        }
-
-        let plan = plan_upsert(cves, existing, &kev, now);
-        for chunk in plan.rows.chunks(ROWS_PER_STATEMENT) {
-            write_rows(&mut tx, chunk, now).await?;
-        }
-        tx.commit().await?;
-        Ok(plan.summary)
+    async fn begin_upserts(&self) -> Result<Box<dyn crate::UpsertBatches + '_>> {
+        let tx = self.pool.begin().await?;
+        Ok(Box::new(PgUpserts {
+            tx,
+            _written: self.totals.invalidate_when_done(),
+        }))
     }
 
     async fn apply_kev(
@@ -1169,9 +1126,72 @@ async fn severity_counts(pool: &PgPool) -> Result<BTreeMap<String, u64>> {
     Ok(map)
 }
 
-/// One UNNEST upsert of planned rows: each column travels as one array.
-/// One multi-row upsert of the planned rows; the same statement notes every
-/// written row in `search_pending`, for the next [`Store::index_search`]
+/// [`Store::begin_upserts`] on PostgreSQL: one transaction.
+struct PgUpserts<'s> {
+    tx: sqlx::Transaction<'static, Postgres>,
+    /// Dropped after the commit (or the rollback).
+    _written: crate::totals::InvalidateOnDrop<'s>,
+}
+
+#[async_trait]
+impl crate::UpsertBatches for PgUpserts<'_> {
+    async fn upsert_cves(
+        &mut self,
+        cves: &[openthreat_core::Cve],
+        now: DateTime<Utc>,
+    ) -> Result<UpsertSummary> {
+        if cves.is_empty() {
+            return Ok(UpsertSummary::default());
+        }
+        let tx = &mut self.tx;
+        let mut ids: Vec<String> = cves.iter().map(|c| c.cve_id.to_string()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+
+        // Row locks on the existing records keep a concurrent upsert of the
+        // same CVEs from interleaving between our read and our write.
+        let sql = format!(
+            "SELECT {FACTS_COLUMNS}, modified_at, record_hash FROM vulnerabilities \
+             WHERE cve_id = ANY($1) FOR UPDATE"
+        );
+        let rows = sqlx::query(&sql).bind(&ids).fetch_all(&mut **tx).await?;
+        let mut existing = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let facts = facts_row(row)?;
+            let (id, ex) = existing_from(
+                facts,
+                row.try_get("modified_at")?,
+                row.try_get("record_hash")?,
+            );
+            existing.insert(id, ex);
+        }
+        let kev_rows = sqlx::query(
+            "SELECT cve_id, date_added, due_date, required_action, ransomware_use, \
+             vulnerability_name FROM kev_entries WHERE cve_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut kev = HashMap::with_capacity(kev_rows.len());
+        for row in &kev_rows {
+            kev.insert(row.try_get::<String, _>("cve_id")?, kev_from_row(row)?);
+        }
+
+        let plan = plan_upsert(cves, existing, &kev, now);
+        for chunk in plan.rows.chunks(ROWS_PER_STATEMENT) {
+            write_rows(tx, chunk, now).await?;
+        }
+        Ok(plan.summary)
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// One UNNEST upsert of planned rows (each column travels as one array);
+/// the same statement notes every written row in `search_pending`, for the next [`Store::index_search`]
 /// (a narrow insert, far cheaper than indexing the text here).
 async fn write_rows(
     tx: &mut sqlx::Transaction<'_, Postgres>,

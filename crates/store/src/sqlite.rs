@@ -522,70 +522,13 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn upsert_cves(
-        &self,
-        cves: &[openthreat_core::Cve],
-        now: DateTime<Utc>,
-    ) -> Result<UpsertSummary> {
-        let _written = self.totals.invalidate_when_done();
-        if cves.is_empty() {
-            return Ok(UpsertSummary::default());
-        }
-        let mut ids: Vec<&str> = cves.iter().map(|c| c.cve_id.as_str()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let ids_json = serde_json::to_string(&ids)?;
-
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let sql = format!(
-            "SELECT {FACTS_COLUMNS}, modified_at, record_hash FROM vulnerabilities \
-             WHERE cve_id IN (SELECT value FROM json_each(?))"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(&ids_json)
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut existing = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let facts = facts_row(row)?;
-            let (id, ex) = existing_from(
-                facts,
-                row.try_get("modified_at")?,
-                row.try_get("record_hash")?,
-            );
-            existing.insert(id, ex);
-        }
-        let kev_rows = sqlx::query(
-            "SELECT cve_id, date_added, due_date, required_action, ransomware_use, \
-             vulnerability_name FROM kev_entries WHERE cve_id IN (SELECT value FROM json_each(?))",
-        )
-        .bind(&ids_json)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut kev = HashMap::with_capacity(kev_rows.len());
-        for row in &kev_rows {
-            kev.insert(row.try_get::<String, _>("cve_id")?, kev_from_row(row)?);
-        }
-
-        // Rows that existed before are the only ones the search index may
-        // hold stale text for; new rows are above its watermark anyway.
-        let stored_before: Vec<String> = existing.keys().cloned().collect();
-        let plan = plan_upsert(cves, existing, &kev, now);
-        if !plan.rows.is_empty() {
-            write_rows(&mut tx, &plan.rows, now).await?;
-            if !self.bulk.load(std::sync::atomic::Ordering::Acquire) {
-                write_terms(&mut tx, &plan.rows).await?;
-            }
-            let rewritten: Vec<&str> = plan
-                .rows
-                .iter()
-                .map(|r| r.cve_id.as_str())
-                .filter(|id| stored_before.iter().any(|s| s == id))
-                .collect();
-            mark_search_pending(&mut tx, &rewritten).await?;
-        }
-        tx.commit().await?;
-        Ok(plan.summary)
+    async fn begin_upserts(&self) -> Result<Box<dyn crate::UpsertBatches + '_>> {
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(Box::new(SqliteUpserts {
+            tx,
+            store: self,
+            _written: self.totals.invalidate_when_done(),
+        }))
     }
 
     async fn apply_kev(
@@ -715,13 +658,19 @@ impl Store for SqliteStore {
 
     async fn list_cves(&self, query: &ListQuery) -> Result<Page<VulnerabilityRow>> {
         query.validate()?;
-        if query.q_phrases().is_some_and(|p| !p.is_empty()) {
+        let text = query.q_phrases().is_some_and(|p| !p.is_empty());
+        if text {
             self.index_search_if_pending().await?;
         }
         let total = self
             .totals
             .get_or_count(crate::totals::TotalsCache::key(query), || async {
-                let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM vulnerabilities");
+                let mut count = QueryBuilder::<Sqlite>::new(if text {
+                    // Every match is looked up: in the narrow index, not the table.
+                    "SELECT COUNT(*) FROM vulnerabilities INDEXED BY vulnerabilities_search_cover"
+                } else {
+                    "SELECT COUNT(*) FROM vulnerabilities"
+                });
                 push_filters(&mut count, query, true);
                 Ok(count
                     .build_query_scalar::<i64>()
@@ -749,7 +698,8 @@ impl Store for SqliteStore {
                 // and the wide rows are read for those ids only. CROSS JOIN
                 // fixes the inner order: the matches first, each row then
                 // looked up by id; the other way round SQLite ran the MATCH
-                // once per row of the table.
+                // once per row of the table. The lookups read the narrow
+                // covering index of the filter columns, not the wide rows.
                 let rank_dir = query.order.reversed().sql();
                 let cve_id = query.q_cve_id();
                 let order = |list: &mut QueryBuilder<'_, Sqlite>, rank: &str| {
@@ -770,7 +720,10 @@ impl Store for SqliteStore {
                      FROM vulnerabilities_fts WHERE vulnerabilities_fts MATCH ",
                 )
                 .push_bind(fts5_query(&phrases))
-                .push(") CROSS JOIN vulnerabilities ON id = fts_id");
+                .push(
+                    ") CROSS JOIN vulnerabilities INDEXED BY vulnerabilities_search_cover \
+                     ON id = fts_id",
+                );
                 push_filters(&mut list, query, false);
                 order(&mut list, "fts_rank");
                 push_page(&mut list);
@@ -1347,6 +1300,86 @@ async fn severity_counts(pool: &SqlitePool) -> Result<BTreeMap<String, u64>> {
         );
     }
     Ok(map)
+}
+
+/// [`Store::begin_upserts`] on SQLite: one `BEGIN IMMEDIATE` transaction.
+struct SqliteUpserts<'s> {
+    tx: sqlx::Transaction<'static, Sqlite>,
+    store: &'s SqliteStore,
+    /// Dropped after the commit (or the rollback).
+    _written: crate::totals::InvalidateOnDrop<'s>,
+}
+
+#[async_trait]
+impl crate::UpsertBatches for SqliteUpserts<'_> {
+    async fn upsert_cves(
+        &mut self,
+        cves: &[openthreat_core::Cve],
+        now: DateTime<Utc>,
+    ) -> Result<UpsertSummary> {
+        if cves.is_empty() {
+            return Ok(UpsertSummary::default());
+        }
+        let tx = &mut self.tx;
+        let mut ids: Vec<&str> = cves.iter().map(|c| c.cve_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let ids_json = serde_json::to_string(&ids)?;
+
+        let sql = format!(
+            "SELECT {FACTS_COLUMNS}, modified_at, record_hash FROM vulnerabilities \
+             WHERE cve_id IN (SELECT value FROM json_each(?))"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(&ids_json)
+            .fetch_all(&mut **tx)
+            .await?;
+        let mut existing = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let facts = facts_row(row)?;
+            let (id, ex) = existing_from(
+                facts,
+                row.try_get("modified_at")?,
+                row.try_get("record_hash")?,
+            );
+            existing.insert(id, ex);
+        }
+        let kev_rows = sqlx::query(
+            "SELECT cve_id, date_added, due_date, required_action, ransomware_use, \
+             vulnerability_name FROM kev_entries WHERE cve_id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(&ids_json)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut kev = HashMap::with_capacity(kev_rows.len());
+        for row in &kev_rows {
+            kev.insert(row.try_get::<String, _>("cve_id")?, kev_from_row(row)?);
+        }
+
+        // Rows that existed before are the only ones the search index may
+        // hold stale text for; new rows are above its watermark anyway.
+        let stored_before: std::collections::HashSet<String> = existing.keys().cloned().collect();
+        let plan = plan_upsert(cves, existing, &kev, now);
+        if !plan.rows.is_empty() {
+            write_rows(tx, &plan.rows, now).await?;
+            if !self.store.bulk.load(std::sync::atomic::Ordering::Acquire) {
+                write_terms(tx, &plan.rows).await?;
+            }
+            let rewritten: Vec<&str> = plan
+                .rows
+                .iter()
+                .map(|r| r.cve_id.as_str())
+                .filter(|id| stored_before.contains(*id))
+                .collect();
+            mark_search_pending(tx, &rewritten).await?;
+        }
+        Ok(plan.summary)
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
 }
 
 /// Multi-row upserts of the planned rows.

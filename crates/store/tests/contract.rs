@@ -166,6 +166,7 @@ contract_tests!(
     reimport_changes_nothing_and_keeps_llm_fields,
     changed_description_marks_llm_result_stale,
     older_record_never_overwrites_newer,
+    batches_land_together_or_not_at_all,
     invalid_records_are_rejected_and_the_rest_kept,
     each_filter_selects_the_right_rows,
     sort_whitelist_in_both_orders_with_nulls_last,
@@ -623,6 +624,68 @@ async fn older_record_never_overwrites_newer(s: Arc<dyn Store>) {
             "batch order {i}"
         );
     }
+}
+
+/// What a file import relies on: batches in one transaction are invisible
+/// until the commit, gone after a drop, and a later batch sees an earlier
+/// one (an older copy in the same file does not overwrite a newer one).
+async fn batches_land_together_or_not_at_all(s: Arc<dyn Store>) {
+    let all = fixtures();
+    let (first, second) = all.split_at(all.len() / 2);
+    let stored = |s: Arc<dyn Store>, cves: Vec<Cve>| async move {
+        let mut n = 0;
+        for c in &cves {
+            n += usize::from(s.get_cve(&c.cve_id).await.unwrap().is_some());
+        }
+        n
+    };
+
+    let mut batches = s.begin_upserts().await.unwrap();
+    let a = batches.upsert_cves(first, now()).await.unwrap();
+    assert_eq!(a.inserted, first.len() as u64, "{a:?}");
+    let b = batches.upsert_cves(second, now()).await.unwrap();
+    assert_eq!(b.inserted, second.len() as u64, "{b:?}");
+    drop(batches);
+    assert_eq!(
+        stored(s.clone(), all.clone()).await,
+        0,
+        "a dropped transaction keeps nothing"
+    );
+
+    let newer = {
+        let mut c = fixture("CVE-2024-6387");
+        c.description = "newer text".into();
+        c.modified_at = at("2024-07-09T06:15:03.513");
+        c
+    };
+    let older = {
+        let mut c = newer.clone();
+        c.description = "older text".into();
+        c.modified_at = at("2024-07-02T00:00:00.000");
+        c
+    };
+    let mut batches = s.begin_upserts().await.unwrap();
+    batches.upsert_cves(first, now()).await.unwrap();
+    batches
+        .upsert_cves(std::slice::from_ref(&newer), now())
+        .await
+        .unwrap();
+    let late = batches
+        .upsert_cves(std::slice::from_ref(&older), now())
+        .await
+        .unwrap();
+    assert_eq!(late.skipped_older, 1, "{late:?}");
+    // A reader meanwhile (another connection) sees nothing yet.
+    assert_eq!(
+        stored(s.clone(), all.clone()).await,
+        0,
+        "uncommitted rows are invisible"
+    );
+    batches.commit().await.unwrap();
+    assert_eq!(stored(s.clone(), first.to_vec()).await, first.len());
+    assert_eq!(get(&s, "CVE-2024-6387").await.description, "newer text");
+    // Searchable like any other write.
+    assert_eq!(search(&s, "newer").await, vec!["CVE-2024-6387".to_string()]);
 }
 
 async fn invalid_records_are_rejected_and_the_rest_kept(s: Arc<dyn Store>) {

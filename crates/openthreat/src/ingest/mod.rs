@@ -488,6 +488,23 @@ impl RunState {
         }
     }
 
+    /// Takes in what a part of the run (one file) accumulated once that
+    /// part is committed.
+    fn absorb(&mut self, part: RunState) {
+        let c = part.counts;
+        self.counts.fetched += c.fetched;
+        self.counts.inserted += c.inserted;
+        self.counts.updated += c.updated;
+        self.counts.unchanged += c.unchanged;
+        self.counts.skipped_older += c.skipped_older;
+        self.counts.failed += c.failed;
+        self.counts.unknown += c.unknown;
+        for f in part.failures {
+            self.note_failure(f);
+        }
+        self.details.extend(part.details);
+    }
+
     fn detail(&mut self, key: &str, value: impl Serialize) {
         self.details.insert(
             key.to_string(),
