@@ -613,3 +613,104 @@ fn other_documents_are_rejected_as_a_whole() {
     assert!(parse_page(b"[1, 2]", "array").is_err());
     assert!(parse_page(b"{}", "empty").is_err());
 }
+
+/// A reader handing out a few bytes per call.
+struct Trickle<'a>(&'a [u8], usize);
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.1.min(buf.len()).min(self.0.len());
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
+}
+
+/// Streams (files, readers) use a fast scanner, in-memory pages serde
+/// alone: for every fixture both give the same records, failures, kind
+/// and envelope, however the bytes arrive.
+#[test]
+fn streamed_and_in_memory_parses_agree() {
+    use openthreat_feeds::nvd::parse::parse_reader;
+    for f in list_feed_files(&nvd("")).unwrap() {
+        let mut bytes = Vec::new();
+        let mut file = std::fs::File::open(&f).unwrap();
+        if f.extension().is_some_and(|e| e == "gz") {
+            std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(file), &mut bytes)
+                .unwrap();
+        } else {
+            std::io::Read::read_to_end(&mut file, &mut bytes).unwrap();
+        }
+        let page = parse_page(&bytes, "page").unwrap();
+        for step in [3, 4096] {
+            let mut records = Vec::new();
+            let summary = parse_reader(Trickle(&bytes, step), "stream", &mut |r| {
+                records.push(r);
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            let (cves, failed): (Vec<_>, Vec<_>) = records.into_iter().partition(|r| r.is_ok());
+            let cves: Vec<_> = cves.into_iter().map(Result::unwrap).collect();
+            let failed: Vec<_> = failed.into_iter().map(|r| r.unwrap_err()).collect();
+            assert_eq!(cves, page.cves, "{} step {step}", f.display());
+            assert_eq!(failed, page.failed, "{}", f.display());
+            assert_eq!(summary.kind, page.kind, "{}", f.display());
+            assert_eq!(summary.envelope, page.envelope, "{}", f.display());
+        }
+    }
+}
+
+/// Broken JSON inside one record is the file's fault: the file fails at
+/// that line, it is not a skipped record.
+#[test]
+fn broken_json_inside_a_record_fails_the_file_at_its_line() {
+    let page: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(nvd("pages/vunnel/full-page.json")).unwrap())
+            .unwrap();
+    let text = serde_json::to_string_pretty(&page).unwrap();
+    // The second record's sourceIdentifier loses its colon.
+    let key = "\"sourceIdentifier\": ";
+    let second = text.match_indices(key).nth(1).unwrap().0;
+    let broken = format!(
+        "{}\"sourceIdentifier\" {}",
+        &text[..second],
+        &text[second + key.len()..]
+    );
+    let line = broken[..second].matches('\n').count() + 1;
+    let column = second - broken[..second].rfind('\n').unwrap() + key.len() - 1;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.json");
+    std::fs::write(&path, &broken).unwrap();
+    for workers in [0, 2] {
+        let err = parse_file(
+            &path,
+            &FileOptions {
+                workers: Some(workers),
+                ..no_meta()
+            },
+            &mut |_| Ok(()),
+        )
+        .unwrap_err();
+        match &err {
+            FeedsError::Json {
+                origin,
+                line: l,
+                column: c,
+                message,
+                ..
+            } => {
+                assert!(origin.ends_with("broken.json"), "{origin}");
+                assert_eq!((*l, *c), (line, column), "{err}");
+                assert!(message.contains("expected `:`"), "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // serde on the same bytes in memory agrees on the place.
+    match parse_page(broken.as_bytes(), "page").unwrap_err() {
+        FeedsError::Json {
+            line: l, column: c, ..
+        } => assert_eq!((l, c), (line, column)),
+        other => panic!("unexpected {other:?}"),
+    }
+}

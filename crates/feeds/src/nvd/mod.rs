@@ -8,3 +8,4 @@ pub mod map;
 pub mod meta;
 pub mod model;
 pub mod parse;
+mod split;

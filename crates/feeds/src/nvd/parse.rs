@@ -5,15 +5,20 @@
 //!
 //! # Memory
 //!
-//! The envelope is walked with a serde [`DeserializeSeed`]: each element of
-//! `vulnerabilities` is read as raw JSON text, mapped, and handed to the
-//! caller before the next one is read. Nothing holds the whole array, so a
-//! 170 MB yearly feed costs one record (plus a batch) of memory.
+//! Each element of `vulnerabilities` is cut out as raw JSON text, mapped,
+//! and handed to the caller before much more is read. Nothing holds the
+//! whole array, so a 170 MB yearly feed costs one record (plus a batch) of
+//! memory. Streams (files, readers) are cut by a fast scanner that follows
+//! only strings and brackets (`split.rs`); in-memory pages are walked with
+//! a serde [`DeserializeSeed`]. Both end in the same top-level seed, so
+//! they recognise documents alike (a test compares them on every fixture).
 //!
 //! For files, parsing the record text into structs and mapping it runs on
 //! a few worker threads ([`FileOptions::workers`]) while the calling thread
 //! keeps reading; records still reach the caller in document order, on the
 //! calling thread, and at most a few chunks of 64 records are in flight.
+//! Broken JSON inside a record fails the document at its line and column,
+//! as it would in one serde pass.
 //!
 //! # Failures
 //!
@@ -47,12 +52,14 @@ use flate2::read::MultiGzDecoder;
 use openthreat_core::Cve;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde_json::error::Category;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use super::map::map_cve;
 use super::meta::{meta_path_for, FeedMeta};
 use super::model::{NvdCve, NvdItem};
+use super::split::{Pos, ScanError, Scanner};
 use crate::error::{FeedsError, RecordFailure};
 
 /// One parsed record: the CVE, or why it was skipped.
@@ -149,17 +156,7 @@ pub fn parse_reader<R: Read>(
     origin: &str,
     on_record: &mut dyn FnMut(RecordResult) -> Result<(), FeedsError>,
 ) -> Result<ParseSummary, FeedsError> {
-    let counted = Cell::new(0u64);
-    let tap = Tap {
-        inner: reader,
-        read: &counted,
-        hasher: None,
-    };
-    let mut de = serde_json::Deserializer::from_reader(BufReader::with_capacity(64 * 1024, tap));
-    let summary = run_document(&mut de, origin, on_record, || Some(counted.get()), 0)?;
-    de.end()
-        .map_err(|e| FeedsError::json(origin, &e, Some(counted.get())))?;
-    Ok(summary)
+    run_split(reader, origin, on_record, 0)
 }
 
 /// How to read a feed file.
@@ -212,20 +209,12 @@ pub fn parse_file(
         read: &counted,
         hasher: meta.as_ref().map(|_| Sha256::new()),
     };
-    let summary = {
-        let mut de =
-            serde_json::Deserializer::from_reader(BufReader::with_capacity(64 * 1024, &mut tap));
-        let summary = run_document(
-            &mut de,
-            &origin,
-            on_record,
-            || Some(counted.get()),
-            opts.workers.unwrap_or_else(default_workers),
-        )?;
-        de.end()
-            .map_err(|e| FeedsError::json(&origin, &e, Some(counted.get())))?;
-        summary
-    };
+    let summary = run_split(
+        &mut tap,
+        &origin,
+        on_record,
+        opts.workers.unwrap_or_else(default_workers),
+    )?;
     if let (Some(meta), Some(meta_path)) = (&meta, meta_path) {
         // The hash covers every byte, including any trailing whitespace the
         // JSON parser did not need to look at.
@@ -378,13 +367,9 @@ pub fn default_workers() -> usize {
         .min(8)
 }
 
-/// Runs the top-level seed and turns serde errors into [`FeedsError`]s,
-/// letting a consumer's own error through unchanged.
-///
-/// With `workers > 0`, records are read (split into raw JSON) on this
-/// thread and parsed + mapped on `workers` scoped threads, then handed to
-/// `on_record` on this thread in document order. Memory stays bounded: at
-/// most a few chunks of [`CHUNK`] records are in flight.
+/// Runs the top-level seed over an in-memory or small document and turns
+/// serde errors into [`FeedsError`]s, letting a consumer's own error
+/// through unchanged.
 fn run_document<'de, D>(
     de: D,
     origin: &str,
@@ -395,94 +380,282 @@ fn run_document<'de, D>(
 where
     D: de::Deserializer<'de, Error = serde_json::Error>,
 {
-    let mut ctx = Ctx {
-        on_record,
-        index: 0,
-        parsed: 0,
-        failed: 0,
-        stop: None,
-        pool: None,
-    };
-    let result = if workers == 0 {
-        TopSeed { ctx: &mut ctx }.deserialize(de)
-    } else {
-        std::thread::scope(|scope| {
-            let (job_tx, job_rx) = mpsc::sync_channel::<Job>(workers * 2);
-            let (res_tx, res_rx) = mpsc::channel::<(u64, Vec<RecordResult>)>();
-            let job_rx = Arc::new(Mutex::new(job_rx));
-            for _ in 0..workers {
-                let job_rx = Arc::clone(&job_rx);
-                let res_tx = res_tx.clone();
-                scope.spawn(move || loop {
-                    let job = match job_rx.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok((seq, first, raws)) = job else { return };
-                    let results = raws
-                        .iter()
-                        .enumerate()
-                        .map(|(i, raw)| map_item(raw, first + i))
-                        .collect();
-                    if res_tx.send((seq, results)).is_err() {
-                        return;
-                    }
-                });
+    let mut ctx = Ctx::new(origin, on_record);
+    let result = with_workers(&mut ctx, workers, |ctx| {
+        let result = TopSeed { ctx: &mut *ctx }.deserialize(de);
+        if result.is_ok() && ctx.stop.is_none() {
+            if let Err(e) = ctx.finish() {
+                ctx.stop = Some(e);
             }
-            drop(res_tx);
-            ctx.pool = Some(Pool {
-                jobs: Some(job_tx),
-                results: res_rx,
-                chunk: Vec::with_capacity(CHUNK),
-                chunk_first: 0,
-                sent: 0,
-                next_emit: 0,
-                pending: BTreeMap::new(),
-            });
-            let result = TopSeed { ctx: &mut ctx }.deserialize(de);
-            if result.is_ok() && ctx.stop.is_none() {
-                if let Err(e) = ctx.finish() {
-                    ctx.stop = Some(e);
-                }
-            }
-            // Dropping the pool closes the job channel: the workers exit
-            // and the scope joins them, also after an error.
-            ctx.pool = None;
-            result
-        })
-    };
+        }
+        result
+    });
     if let Some(stop) = ctx.stop.take() {
         return Err(stop);
     }
     let (kind, envelope) = result.map_err(|e| FeedsError::json(origin, &e, position()))?;
-    Ok(ParseSummary {
-        kind,
-        envelope,
-        parsed: ctx.parsed,
-        failed: ctx.failed,
-        meta: None,
+    Ok(ctx.summary(kind, envelope))
+}
+
+/// Streams a document with the fast [`Scanner`]: the elements of
+/// `vulnerabilities` go to the mapping workers as raw bytes; everything
+/// else (the envelope, or a wrapper or bare record, which are small) is
+/// collected and given to the same top-level seed as an in-memory
+/// document, so both paths recognise documents alike.
+fn run_split<R: Read>(
+    reader: R,
+    origin: &str,
+    on_record: &mut dyn FnMut(RecordResult) -> Result<(), FeedsError>,
+    workers: usize,
+) -> Result<ParseSummary, FeedsError> {
+    let mut scanner = Scanner::new(reader);
+    let mut ctx = Ctx::new(origin, on_record);
+    let outcome = with_workers(&mut ctx, workers, |ctx| {
+        let rest = split_top(&mut scanner, ctx)?;
+        ctx.finish()?;
+        Ok::<_, FeedsError>(rest)
+    });
+    let rest = match (ctx.stop.take(), outcome) {
+        (Some(stop), _) => return Err(stop),
+        (None, Err(e)) => return Err(e),
+        (None, Ok(rest)) => rest,
+    };
+    let read = scanner.pos().offset;
+    let mut de = serde_json::Deserializer::from_slice(&rest);
+    let result = TopSeed { ctx: &mut ctx }
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|_| v));
+    if let Some(stop) = ctx.stop.take() {
+        return Err(stop);
+    }
+    // Positions inside the collected keys are not the file's: say what
+    // was wrong and how far the file was read.
+    let (kind, envelope) = result.map_err(|e| FeedsError::Json {
+        origin: origin.to_string(),
+        line: 0,
+        column: 0,
+        bytes_read: Some(read),
+        message: record_reason(&e),
+    })?;
+    Ok(ctx.summary(kind, envelope))
+}
+
+/// The envelope keys of NVD's API responses and feed files.
+const ENVELOPE_KEYS: [&str; 6] = [
+    "resultsPerPage",
+    "startIndex",
+    "totalResults",
+    "format",
+    "version",
+    "timestamp",
+];
+
+/// Walks the top-level object: hands each element of `vulnerabilities` to
+/// `ctx` and returns the document without them (`"vulnerabilities": null`
+/// in their place).
+fn split_top<R: Read>(scanner: &mut Scanner<R>, ctx: &mut Ctx<'_>) -> Result<Vec<u8>, FeedsError> {
+    let origin = ctx.origin.clone();
+    let err = |e: ScanError| match e {
+        ScanError::Io(error, at) => FeedsError::Json {
+            origin: origin.clone(),
+            line: 0,
+            column: 0,
+            bytes_read: Some(at.offset),
+            message: error.to_string(),
+        },
+        ScanError::Syntax(message, at) => FeedsError::Json {
+            origin: origin.clone(),
+            line: at.line,
+            column: at.column,
+            bytes_read: Some(at.offset),
+            message,
+        },
+    };
+    scanner
+        .expect(
+            b'{',
+            "an NVD response/feed object, a {\"cve\": ...} wrapper or a cve object",
+        )
+        .map_err(err)?;
+    let mut rest = b"{".to_vec();
+    let mut saw_envelope = false;
+    let mut other_keys: Vec<String> = Vec::new();
+    if scanner.peek().map_err(err)? == Some(b'}') {
+        scanner.bump();
+    } else {
+        loop {
+            let (raw_key, at) = scanner.value().map_err(err)?;
+            let key: String = serde_json::from_slice(&raw_key)
+                .map_err(|_| err(ScanError::Syntax("expected a key (a string)".into(), at)))?;
+            scanner.expect(b':', "`:`").map_err(err)?;
+            if rest.len() > 1 {
+                rest.push(b',');
+            }
+            rest.extend_from_slice(&raw_key);
+            rest.push(b':');
+            if key == "vulnerabilities" && scanner.peek().map_err(err)? == Some(b'[') {
+                if !saw_envelope && !other_keys.is_empty() {
+                    // The same refusal as the seed's, before any element.
+                    let keys: Vec<&str> = other_keys.iter().take(6).map(String::as_str).collect();
+                    return Err(FeedsError::Json {
+                        origin: origin.clone(),
+                        line: at.line,
+                        column: at.column,
+                        bytes_read: Some(at.offset),
+                        message: format!(
+                            "not an NVD document: \"vulnerabilities\" without NVD's envelope keys (found {keys:?})"
+                        ),
+                    });
+                }
+                saw_envelope = true;
+                scanner.bump();
+                rest.extend_from_slice(b"null");
+                split_elements(scanner, ctx).map_err(|e| match e {
+                    Split::Scan(e) => err(e),
+                    Split::Feeds(e) => e,
+                })?;
+            } else {
+                if ENVELOPE_KEYS.contains(&key.as_str()) {
+                    saw_envelope = true;
+                } else if !(key == "cve" && other_keys.is_empty() && !saw_envelope) {
+                    other_keys.push(key);
+                }
+                let (raw, _) = scanner.value().map_err(err)?;
+                rest.extend_from_slice(&raw);
+            }
+            match scanner.peek().map_err(err)? {
+                Some(b',') => scanner.bump(),
+                Some(b'}') => {
+                    scanner.bump();
+                    break;
+                }
+                found => return Err(err(scanner.unexpected(found, "`,` or `}`"))),
+            }
+        }
+    }
+    rest.push(b'}');
+    match scanner.peek().map_err(err)? {
+        None => Ok(rest),
+        found => Err(err(scanner.unexpected(found, "the end of the document"))),
+    }
+}
+
+/// Why reading the elements stopped.
+enum Split {
+    Scan(ScanError),
+    Feeds(FeedsError),
+}
+
+/// The elements of `vulnerabilities`, after its `[`, up to its `]`.
+fn split_elements<R: Read>(scanner: &mut Scanner<R>, ctx: &mut Ctx<'_>) -> Result<(), Split> {
+    if scanner.peek().map_err(Split::Scan)? == Some(b']') {
+        scanner.bump();
+        return Ok(());
+    }
+    loop {
+        let (bytes, at) = scanner.value().map_err(Split::Scan)?;
+        ctx.push_item(Raw {
+            bytes,
+            at: Some(at),
+        })
+        .map_err(Split::Feeds)?;
+        match scanner.peek().map_err(Split::Scan)? {
+            Some(b',') => scanner.bump(),
+            Some(b']') => {
+                scanner.bump();
+                return Ok(());
+            }
+            found => return Err(Split::Scan(scanner.unexpected(found, "`,` or `]`"))),
+        }
+    }
+}
+
+/// Runs `body` with `workers` mapping threads attached to `ctx` (none for
+/// 0); they are joined before this returns, also after an error.
+fn with_workers<T>(ctx: &mut Ctx<'_>, workers: usize, body: impl FnOnce(&mut Ctx<'_>) -> T) -> T {
+    if workers == 0 {
+        return body(ctx);
+    }
+    std::thread::scope(|scope| {
+        let (job_tx, job_rx) = mpsc::sync_channel::<Job>(workers * 2);
+        let (res_tx, res_rx) = mpsc::channel::<(u64, Vec<Mapped>)>();
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        for _ in 0..workers {
+            let job_rx = Arc::clone(&job_rx);
+            let res_tx = res_tx.clone();
+            scope.spawn(move || loop {
+                let job = match job_rx.lock() {
+                    Ok(rx) => rx.recv(),
+                    Err(_) => return,
+                };
+                let Ok((seq, first, raws)) = job else { return };
+                let results = raws
+                    .iter()
+                    .enumerate()
+                    .map(|(i, raw)| map_item(raw, first + i))
+                    .collect();
+                if res_tx.send((seq, results)).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(res_tx);
+        ctx.pool = Some(Pool {
+            jobs: Some(job_tx),
+            results: res_rx,
+            chunk: Vec::with_capacity(CHUNK),
+            chunk_first: 0,
+            sent: 0,
+            next_emit: 0,
+            pending: BTreeMap::new(),
+        });
+        let out = body(ctx);
+        // Dropping the pool closes the job channel: the workers exit and
+        // the scope joins them.
+        ctx.pool = None;
+        out
     })
 }
 
+/// One element of `vulnerabilities` as its text, and where it starts in
+/// the file (`None` when it comes from serde, already checked as JSON).
+struct Raw {
+    bytes: Vec<u8>,
+    at: Option<Pos>,
+}
+
+/// What a mapping worker made of one element. Almost every one is a
+/// record, so boxing the large variant would only add an allocation each.
+#[allow(clippy::large_enum_variant)]
+enum Mapped {
+    Record(RecordResult),
+    /// Not JSON: the whole document is malformed here.
+    Broken {
+        message: String,
+        at: Pos,
+    },
+}
+
 /// A chunk of raw records: sequence number, index of the first record.
-type Job = (u64, usize, Vec<Box<RawValue>>);
+type Job = (u64, usize, Vec<Raw>);
 
 /// The reading side of the mapping workers.
 struct Pool {
     jobs: Option<mpsc::SyncSender<Job>>,
-    results: mpsc::Receiver<(u64, Vec<RecordResult>)>,
-    chunk: Vec<Box<RawValue>>,
+    results: mpsc::Receiver<(u64, Vec<Mapped>)>,
+    chunk: Vec<Raw>,
     chunk_first: usize,
     /// Chunks sent so far; the next chunk's sequence number.
     sent: u64,
     /// Sequence number of the next chunk to hand to the consumer.
     next_emit: u64,
     /// Chunks that came back ahead of their turn.
-    pending: BTreeMap<u64, Vec<RecordResult>>,
+    pending: BTreeMap<u64, Vec<Mapped>>,
 }
 
 /// State shared by the visitors: the consumer and the counters.
 struct Ctx<'c> {
+    origin: String,
     on_record: &'c mut dyn FnMut(RecordResult) -> Result<(), FeedsError>,
     index: usize,
     parsed: usize,
@@ -493,14 +666,21 @@ struct Ctx<'c> {
 }
 
 /// Parses and maps one element of `vulnerabilities` (`{"cve": {...}}`).
-fn map_item(raw: &RawValue, index: usize) -> RecordResult {
-    match serde_json::from_str::<NvdItem>(raw.get()) {
-        Ok(item) => map_one(item.cve, index),
-        Err(e) => Err(RecordFailure {
-            cve_id: probe_id(raw.get(), true),
+/// Broken JSON is the document's fault, not the record's.
+fn map_item(raw: &Raw, index: usize) -> Mapped {
+    match serde_json::from_slice::<NvdItem>(&raw.bytes) {
+        Ok(item) => Mapped::Record(map_one(item.cve, index)),
+        Err(e) if matches!(e.classify(), Category::Syntax | Category::Eof) => Mapped::Broken {
+            message: record_reason(&e),
+            at: raw.at.unwrap_or_default().inner(e.line(), e.column()),
+        },
+        Err(e) => Mapped::Record(Err(RecordFailure {
+            cve_id: std::str::from_utf8(&raw.bytes)
+                .ok()
+                .and_then(|text| probe_id(text, true)),
             index,
             reason: record_reason(&e),
-        }),
+        })),
     }
 }
 
@@ -512,7 +692,47 @@ fn map_one(nvd: NvdCve, index: usize) -> RecordResult {
     })
 }
 
-impl Ctx<'_> {
+impl<'c> Ctx<'c> {
+    fn new(
+        origin: &str,
+        on_record: &'c mut dyn FnMut(RecordResult) -> Result<(), FeedsError>,
+    ) -> Self {
+        Ctx {
+            origin: origin.to_string(),
+            on_record,
+            index: 0,
+            parsed: 0,
+            failed: 0,
+            stop: None,
+            pool: None,
+        }
+    }
+
+    fn summary(&self, kind: DocumentKind, envelope: Option<Envelope>) -> ParseSummary {
+        ParseSummary {
+            kind,
+            envelope,
+            parsed: self.parsed,
+            failed: self.failed,
+            meta: None,
+        }
+    }
+
+    /// Hands a mapped element over, or fails the document where its JSON
+    /// is broken.
+    fn deliver_mapped(&mut self, mapped: Mapped) -> Result<(), FeedsError> {
+        match mapped {
+            Mapped::Record(r) => self.deliver(r),
+            Mapped::Broken { message, at } => Err(FeedsError::Json {
+                origin: self.origin.clone(),
+                line: at.line,
+                column: at.column,
+                bytes_read: Some(at.offset),
+                message,
+            }),
+        }
+    }
+
     /// Counts a result and hands it to the consumer.
     fn deliver(&mut self, result: RecordResult) -> Result<(), FeedsError> {
         match &result {
@@ -533,16 +753,22 @@ impl Ctx<'_> {
         })
     }
 
-    /// An element of `vulnerabilities`, as raw text.
-    fn item<E: de::Error>(&mut self, raw: Box<RawValue>) -> Result<(), E> {
+    /// An element of `vulnerabilities` from serde, as raw text.
+    fn item<E: de::Error>(&mut self, raw: &RawValue) -> Result<(), E> {
+        let raw = Raw {
+            bytes: raw.get().as_bytes().to_vec(),
+            at: None,
+        };
+        let r = self.push_item(raw);
+        self.stopped(r)
+    }
+
+    /// Maps an element here, or queues it for the workers.
+    fn push_item(&mut self, raw: Raw) -> Result<(), FeedsError> {
         let index = self.index;
         self.index += 1;
         let full = match &mut self.pool {
-            None => {
-                let r = map_item(&raw, index);
-                let r = self.deliver(r);
-                return self.stopped(r);
-            }
+            None => return self.deliver_mapped(map_item(&raw, index)),
             Some(pool) => {
                 if pool.chunk.is_empty() {
                     pool.chunk_first = index;
@@ -552,8 +778,8 @@ impl Ctx<'_> {
             }
         };
         if full {
-            let r = self.send_chunk().and_then(|_| self.drain(false));
-            return self.stopped(r);
+            self.send_chunk()?;
+            self.drain(false)?;
         }
         Ok(())
     }
@@ -648,7 +874,7 @@ impl Ctx<'_> {
                 }
             };
             for r in ready.into_iter().flatten() {
-                self.deliver(r)?;
+                self.deliver_mapped(r)?;
             }
         }
     }
@@ -814,7 +1040,7 @@ impl<'de> Visitor<'de> for VulnsSeed<'_, '_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
-            self.ctx.item(raw)?;
+            self.ctx.item(&raw)?;
         }
         Ok(())
     }
