@@ -286,6 +286,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<()>;
 
     /// Notes that run `id` is still alive (see [`Store::close_silent_runs`]).
+    /// A beat that would have to wait for another writer is skipped, not
+    /// waited for (SQLite: an import holds the write lock for a whole file).
     async fn heartbeat_ingestion_run(&self, id: i64, now: DateTime<Utc>) -> Result<()>;
 
     /// Closes as failed every run still `running` whose last sign of life

@@ -39,6 +39,9 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 const ROWS_PER_INSERT: usize = 100;
 const TERMS_PER_INSERT: usize = 500;
 
+/// How long a write waits for another connection's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A [`Store`] on a SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -234,7 +237,7 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             // NORMAL is durable in WAL mode except on power loss, and much faster.
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(30))
+            .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true)
             // In-memory statement journals avoid temp-file writes per
             // statement.
@@ -968,14 +971,37 @@ impl Store for SqliteStore {
     }
 
     async fn heartbeat_ingestion_run(&self, id: i64, now: DateTime<Utc>) -> Result<()> {
-        sqlx::query(
+        // A file import holds the write lock for the whole file (and the
+        // index rebuild after it): waiting for it would stall the beat for
+        // that long, or fail after the busy timeout. Skip this beat instead.
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("PRAGMA busy_timeout = 0")
+            .execute(&mut *conn)
+            .await?;
+        let beat = sqlx::query(
             "UPDATE ingestion_runs SET heartbeat_at = ? WHERE id = ? AND status = 'running'",
         )
         .bind(ts(now))
         .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .execute(&mut *conn)
+        .await;
+        let restored = sqlx::query(&format!(
+            "PRAGMA busy_timeout = {}",
+            BUSY_TIMEOUT.as_millis()
+        ))
+        .execute(&mut *conn)
+        .await;
+        if restored.is_err() {
+            // Never hand a connection that gives up at once back to the pool.
+            drop(conn.detach());
+        }
+        match beat {
+            Err(sqlx::Error::Database(e)) if e.message().contains("database is locked") => Ok(()),
+            other => {
+                other?;
+                Ok(())
+            }
+        }
     }
 
     async fn close_silent_runs(

@@ -177,6 +177,7 @@ contract_tests!(
     recompute_priorities_follows_time,
     ingestion_runs_are_recorded,
     runs_of_killed_processes_are_closed,
+    heartbeats_never_wait_for_a_file_import,
     sync_state_round_trips,
     cache_entries_are_cleaned_by_age,
     sql_injection_in_filters_changes_nothing,
@@ -1371,6 +1372,35 @@ async fn runs_of_killed_processes_are_closed(s: Arc<dyn Store>) {
             .status,
         RunStatus::Failed
     );
+}
+
+/// A run's heartbeat must not hang behind a long write transaction (on
+/// SQLite one holds the write lock for a whole imported file): the beat
+/// returns at once, and beats again once the file is committed.
+async fn heartbeats_never_wait_for_a_file_import(s: Arc<dyn Store>) {
+    let run = s.start_ingestion_run("nvd-feed", now()).await.unwrap();
+    let mut file = s.begin_upserts().await.unwrap();
+    file.upsert_cves(&fixtures(), now()).await.unwrap();
+    // A hang guard, not a speed measurement: the busy timeout is 30 s.
+    let beat = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        s.heartbeat_ingestion_run(run, now() + chrono::Duration::minutes(1)),
+    )
+    .await;
+    assert!(matches!(beat, Ok(Ok(()))), "{beat:?}");
+    file.commit().await.unwrap();
+    s.heartbeat_ingestion_run(run, now() + chrono::Duration::minutes(2))
+        .await
+        .unwrap();
+    // The committed beat keeps the run alive for whoever looks next.
+    let closed = s
+        .close_silent_runs(
+            now() + chrono::Duration::minutes(1),
+            now() + chrono::Duration::minutes(3),
+        )
+        .await
+        .unwrap();
+    assert_eq!(closed, 0);
 }
 
 async fn sync_state_round_trips(s: Arc<dyn Store>) {
