@@ -145,6 +145,36 @@ pub(crate) const VULN_COLUMNS: &str = "id, cve_id, title, description, cvss_scor
     simple_title, simple_description, recommended_action, llm_processed, llm_processed_at, \
     llm_model, llm_error, llm_attempts, llm_input_hash, llm_claimed_until, created_at, updated_at";
 
+/// The columns of a listing: all of [`VULN_COLUMNS`], or for a
+/// [`crate::ListQuery::summary`] listing the same with the wide lists
+/// replaced by `empty` (the backend's empty JSON array literal), so the
+/// rows still decode with [`row_from!`].
+pub(crate) fn list_columns(summary: bool, empty: &str) -> String {
+    const WIDE: [&str; 6] = [
+        "cwe_ids",
+        "affected_products",
+        "vendors",
+        "products",
+        "\"references\"",
+        "source_tags",
+    ];
+    if !summary {
+        return VULN_COLUMNS.to_string();
+    }
+    VULN_COLUMNS
+        .split(',')
+        .map(str::trim)
+        .map(|c| {
+            if WIDE.contains(&c) {
+                format!("{empty} AS {c}")
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Builds a [`VulnerabilityRow`] from a `PgRow` or a `SqliteRow`.
 ///
 /// A macro rather than a generic function because the two row types share

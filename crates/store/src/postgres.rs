@@ -515,8 +515,10 @@ impl Store for PgStore {
             })
             .await?;
 
-        let mut list =
-            QueryBuilder::<Postgres>::new(format!("SELECT {VULN_COLUMNS} FROM vulnerabilities"));
+        let mut list = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {} FROM vulnerabilities",
+            crate::models::list_columns(query.summary, "'[]'::jsonb")
+        ));
         let dir = query.order.sql();
         let push_page = |list: &mut QueryBuilder<'_, Postgres>| {
             list.push(" LIMIT ")

@@ -167,6 +167,12 @@ pub struct ListQuery {
     pub q: Option<String>,
     pub sort: SortField,
     pub order: SortOrder,
+    /// Rows for a list of items: the wide lists (references, affected
+    /// products, vendors, products, CWE ids, source tags) come back empty.
+    /// They are most of a row's bytes, and decoding them was most of the
+    /// time of an uncached list page that never shows them.
+    #[serde(default)]
+    pub summary: bool,
 }
 
 impl Default for ListQuery {
@@ -190,6 +196,7 @@ impl Default for ListQuery {
             q: None,
             sort: SortField::default(),
             order: SortOrder::default(),
+            summary: false,
         }
     }
 }

@@ -682,7 +682,10 @@ impl Store for SqliteStore {
             })
             .await?;
 
-        let mut list = QueryBuilder::<Sqlite>::new(format!("SELECT {VULN_COLUMNS} FROM "));
+        let mut list = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {} FROM ",
+            crate::models::list_columns(query.summary, "'[]'")
+        ));
         let dir = query.order.sql();
         let push_page = |list: &mut QueryBuilder<'_, Sqlite>| {
             list.push(" LIMIT ")

@@ -57,6 +57,7 @@ impl TotalsCache {
             page_size: 1,
             sort: SortField::default(),
             order: SortOrder::default(),
+            summary: false,
             ..q.clone()
         };
         serde_json::to_string(&filters).ok()

@@ -171,6 +171,7 @@ contract_tests!(
     each_filter_selects_the_right_rows,
     sort_whitelist_in_both_orders_with_nulls_last,
     pagination_reports_totals,
+    summary_listings_leave_out_the_wide_lists,
     stats_count_what_is_stored,
     kev_before_and_after_the_nvd_record,
     epss_update_changes_priority,
@@ -1035,6 +1036,52 @@ async fn pagination_reports_totals(s: Arc<dyn Store>) {
             s.list_cves(&bad).await,
             Err(StoreError::InvalidInput(_))
         ));
+    }
+}
+
+/// A summary listing (the API's list pages) returns the same rows with
+/// every listed field, only without the wide lists; full ones keep them.
+async fn summary_listings_leave_out_the_wide_lists(s: Arc<dyn Store>) {
+    seed(&s).await;
+    for q in [
+        all(),
+        ListQuery {
+            q: Some("remote".into()),
+            ..all()
+        },
+        ListQuery {
+            q: Some("remote".into()),
+            sort: SortField::Relevance,
+            ..all()
+        },
+    ] {
+        let full = s.list_cves(&q).await.unwrap();
+        let lean = s
+            .list_cves(&ListQuery {
+                summary: true,
+                ..q.clone()
+            })
+            .await
+            .unwrap();
+        assert_eq!(lean.total, full.total, "{q:?}");
+        assert!(!full.items.is_empty());
+        assert!(full
+            .items
+            .iter()
+            .any(|r| !r.references.is_empty() && !r.affected_products.is_empty()));
+        assert_eq!(lean.items.len(), full.items.len());
+        for (l, f) in lean.items.iter().zip(&full.items) {
+            let expected = VulnerabilityRow {
+                cwe_ids: vec![],
+                affected_products: vec![],
+                vendors: vec![],
+                products: vec![],
+                references: vec![],
+                source_tags: vec![],
+                ..f.clone()
+            };
+            assert_eq!(l, &expected, "{q:?}");
+        }
     }
 }
 

@@ -34,6 +34,8 @@ async fn feed(
     query.page_size = in_range("limit", params.limit.unwrap_or(50), 1, 100)?;
     query.sort = SortField::PublishedAt;
     query.order = SortOrder::Desc;
+    // Items show none of the wide lists (references, CPEs, ...).
+    query.summary = true;
     let page = state.store.list_cves(&query).await?;
     let body = render(
         &Channel {

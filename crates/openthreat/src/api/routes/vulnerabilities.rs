@@ -32,6 +32,11 @@ pub(crate) async fn page_of(
     state: &AppState,
     query: ListQuery,
 ) -> Result<Json<Paginated>, ApiError> {
+    // List items show none of the wide lists: do not read them.
+    let query = ListQuery {
+        summary: true,
+        ..query
+    };
     let page = state.store.list_cves(&query).await?;
     let items = page.items.iter().map(ListItem::from).collect();
     Ok(Json(Paginated::new(
