@@ -677,7 +677,12 @@ async fn nvd_sync_pages_through_windows_with_throttling_and_retries() {
         })
         .await
         .unwrap();
-        let ing = Ingestor::new(t.store.clone(), sync_settings(&t, &server));
+        let mut s = sync_settings(&t, &server);
+        // The retries of one request must outlast the 1 s window: 7 waits
+        // of half to all of 20, 40, ..., 400 ms can add up to only 0.71 s
+        // (a CI run failed so); 11 waits are at least 1.5 s.
+        s.nvd.retry.max_attempts = 12;
+        let ing = Ingestor::new(t.store.clone(), s);
         let since = Utc.with_ymd_and_hms(2024, 6, 1, 0, 0, 0).unwrap();
         let expected = records_since(&all, since);
         assert!(expected.len() > 20, "need several pages");
