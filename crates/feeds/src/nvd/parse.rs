@@ -40,7 +40,6 @@
 //! keep part of a bad file commits all batches of one file in one
 //! transaction and commits only on `is_last` (or buffers them).
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
@@ -138,9 +137,8 @@ pub fn parse_page(bytes: &[u8], origin: &str) -> Result<ParsedPage, FeedsError> 
         }
         Ok(())
     };
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let summary = run_document(&mut de, origin, &mut collect, || None, 0)?;
-    de.end().map_err(|e| FeedsError::json(origin, &e, None))?;
+    let mut ctx = Ctx::new(origin, &mut collect);
+    let summary = run_top(&mut ctx, bytes, |e| FeedsError::json(origin, &e, None))?;
     Ok(ParsedPage {
         kind: summary.kind,
         envelope: summary.envelope,
@@ -203,10 +201,8 @@ pub fn parse_file(
         None => None,
     };
     let reader = open_maybe_gzip(path).map_err(io_err)?;
-    let counted = Cell::new(0u64);
     let mut tap = Tap {
         inner: reader,
-        read: &counted,
         hasher: meta.as_ref().map(|_| Sha256::new()),
     };
     let summary = run_split(
@@ -335,18 +331,16 @@ fn open_maybe_gzip(path: &Path) -> io::Result<Box<dyn Read>> {
     }
 }
 
-/// Counts (and optionally hashes) the decompressed bytes as they are read,
-/// for error positions and the `.meta` check without a second pass.
-struct Tap<'a, R> {
+/// Hashes the decompressed bytes as they are read, for the `.meta` check
+/// without a second pass.
+struct Tap<R> {
     inner: R,
-    read: &'a Cell<u64>,
     hasher: Option<Sha256>,
 }
 
-impl<R: Read> Read for Tap<'_, R> {
+impl<R: Read> Read for Tap<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.read.set(self.read.get() + n as u64);
         if let Some(h) = &mut self.hasher {
             h.update(&buf[..n]);
         }
@@ -367,33 +361,22 @@ pub fn default_workers() -> usize {
         .min(8)
 }
 
-/// Runs the top-level seed over an in-memory or small document and turns
-/// serde errors into [`FeedsError`]s, letting a consumer's own error
-/// through unchanged.
-fn run_document<'de, D>(
-    de: D,
-    origin: &str,
-    on_record: &mut dyn FnMut(RecordResult) -> Result<(), FeedsError>,
-    position: impl Fn() -> Option<u64>,
-    workers: usize,
-) -> Result<ParseSummary, FeedsError>
-where
-    D: de::Deserializer<'de, Error = serde_json::Error>,
-{
-    let mut ctx = Ctx::new(origin, on_record);
-    let result = with_workers(&mut ctx, workers, |ctx| {
-        let result = TopSeed { ctx: &mut *ctx }.deserialize(de);
-        if result.is_ok() && ctx.stop.is_none() {
-            if let Err(e) = ctx.finish() {
-                ctx.stop = Some(e);
-            }
-        }
-        result
-    });
+/// Runs the top-level seed over an in-memory document with `ctx` (no
+/// mapping workers): a consumer's own error comes back unchanged, bad JSON
+/// or an unknown shape through `bad_json`.
+fn run_top(
+    ctx: &mut Ctx<'_>,
+    bytes: &[u8],
+    bad_json: impl FnOnce(serde_json::Error) -> FeedsError,
+) -> Result<ParseSummary, FeedsError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let result = TopSeed { ctx: &mut *ctx }
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|_| v));
     if let Some(stop) = ctx.stop.take() {
         return Err(stop);
     }
-    let (kind, envelope) = result.map_err(|e| FeedsError::json(origin, &e, position()))?;
+    let (kind, envelope) = result.map_err(bad_json)?;
     Ok(ctx.summary(kind, envelope))
 }
 
@@ -410,34 +393,21 @@ fn run_split<R: Read>(
 ) -> Result<ParseSummary, FeedsError> {
     let mut scanner = Scanner::new(reader);
     let mut ctx = Ctx::new(origin, on_record);
-    let outcome = with_workers(&mut ctx, workers, |ctx| {
+    let rest = with_workers(&mut ctx, workers, |ctx| {
         let rest = split_top(&mut scanner, ctx)?;
         ctx.finish()?;
         Ok::<_, FeedsError>(rest)
-    });
-    let rest = match (ctx.stop.take(), outcome) {
-        (Some(stop), _) => return Err(stop),
-        (None, Err(e)) => return Err(e),
-        (None, Ok(rest)) => rest,
-    };
+    })?;
     let read = scanner.pos().offset;
-    let mut de = serde_json::Deserializer::from_slice(&rest);
-    let result = TopSeed { ctx: &mut ctx }
-        .deserialize(&mut de)
-        .and_then(|v| de.end().map(|_| v));
-    if let Some(stop) = ctx.stop.take() {
-        return Err(stop);
-    }
     // Positions inside the collected keys are not the file's: say what
     // was wrong and how far the file was read.
-    let (kind, envelope) = result.map_err(|e| FeedsError::Json {
+    run_top(&mut ctx, &rest, |e| FeedsError::Json {
         origin: origin.to_string(),
         line: 0,
         column: 0,
         bytes_read: Some(read),
         message: record_reason(&e),
-    })?;
-    Ok(ctx.summary(kind, envelope))
+    })
 }
 
 /// The envelope keys of NVD's API responses and feed files.
@@ -592,7 +562,7 @@ fn with_workers<T>(ctx: &mut Ctx<'_>, workers: usize, body: impl FnOnce(&mut Ctx
                 let results = raws
                     .iter()
                     .enumerate()
-                    .map(|(i, raw)| map_item(raw, first + i))
+                    .map(|(i, raw)| map_item(&raw.bytes, raw.at, first + i))
                     .collect();
                 if res_tx.send((seq, results)).is_err() {
                     return;
@@ -618,7 +588,7 @@ fn with_workers<T>(ctx: &mut Ctx<'_>, workers: usize, body: impl FnOnce(&mut Ctx
 }
 
 /// One element of `vulnerabilities` as its text, and where it starts in
-/// the file (`None` when it comes from serde, already checked as JSON).
+/// the document.
 struct Raw {
     bytes: Vec<u8>,
     at: Option<Pos>,
@@ -667,15 +637,15 @@ struct Ctx<'c> {
 
 /// Parses and maps one element of `vulnerabilities` (`{"cve": {...}}`).
 /// Broken JSON is the document's fault, not the record's.
-fn map_item(raw: &Raw, index: usize) -> Mapped {
-    match serde_json::from_slice::<NvdItem>(&raw.bytes) {
+fn map_item(bytes: &[u8], at: Option<Pos>, index: usize) -> Mapped {
+    match serde_json::from_slice::<NvdItem>(bytes) {
         Ok(item) => Mapped::Record(map_one(item.cve, index)),
         Err(e) if matches!(e.classify(), Category::Syntax | Category::Eof) => Mapped::Broken {
             message: record_reason(&e),
-            at: raw.at.unwrap_or_default().inner(e.line(), e.column()),
+            at: at.unwrap_or_default().inner(e.line(), e.column()),
         },
         Err(e) => Mapped::Record(Err(RecordFailure {
-            cve_id: std::str::from_utf8(&raw.bytes)
+            cve_id: std::str::from_utf8(bytes)
                 .ok()
                 .and_then(|text| probe_id(text, true)),
             index,
@@ -754,30 +724,31 @@ impl<'c> Ctx<'c> {
     }
 
     /// An element of `vulnerabilities` from serde, as raw text.
+    /// The serde path has no mapping workers: the element is mapped here,
+    /// from the document's own bytes.
     fn item<E: de::Error>(&mut self, raw: &RawValue) -> Result<(), E> {
-        let raw = Raw {
-            bytes: raw.get().as_bytes().to_vec(),
-            at: None,
-        };
-        let r = self.push_item(raw);
+        let r = self.map_here(raw.get().as_bytes(), None);
         self.stopped(r)
+    }
+
+    /// Maps an element on this thread and hands it over.
+    fn map_here(&mut self, bytes: &[u8], at: Option<Pos>) -> Result<(), FeedsError> {
+        let index = self.index;
+        self.index += 1;
+        self.deliver_mapped(map_item(bytes, at, index))
     }
 
     /// Maps an element here, or queues it for the workers.
     fn push_item(&mut self, raw: Raw) -> Result<(), FeedsError> {
-        let index = self.index;
-        self.index += 1;
-        let full = match &mut self.pool {
-            None => return self.deliver_mapped(map_item(&raw, index)),
-            Some(pool) => {
-                if pool.chunk.is_empty() {
-                    pool.chunk_first = index;
-                }
-                pool.chunk.push(raw);
-                pool.chunk.len() >= CHUNK
-            }
+        let Some(pool) = &mut self.pool else {
+            return self.map_here(&raw.bytes, raw.at);
         };
-        if full {
+        if pool.chunk.is_empty() {
+            pool.chunk_first = self.index;
+        }
+        self.index += 1;
+        pool.chunk.push(raw);
+        if pool.chunk.len() >= CHUNK {
             self.send_chunk()?;
             self.drain(false)?;
         }
