@@ -145,11 +145,10 @@ pub(crate) const VULN_COLUMNS: &str = "id, cve_id, title, description, cvss_scor
     simple_title, simple_description, recommended_action, llm_processed, llm_processed_at, \
     llm_model, llm_error, llm_attempts, llm_input_hash, llm_claimed_until, created_at, updated_at";
 
-/// The columns of a listing: all of [`VULN_COLUMNS`], or for a
-/// [`crate::ListQuery::summary`] listing the same with the wide lists
-/// replaced by `empty` (the backend's empty JSON array literal), so the
-/// rows still decode with [`row_from!`].
-pub(crate) fn list_columns(summary: bool, empty: &str) -> String {
+/// [`VULN_COLUMNS`] for a [`crate::ListQuery::summary`] listing: the wide
+/// lists replaced by `empty` (the backend's empty JSON array literal), so
+/// the rows still decode with [`row_from!`]. Each backend builds it once.
+pub(crate) fn summary_columns(empty: &str) -> String {
     const WIDE: [&str; 6] = [
         "cwe_ids",
         "affected_products",
@@ -158,9 +157,6 @@ pub(crate) fn list_columns(summary: bool, empty: &str) -> String {
         "\"references\"",
         "source_tags",
     ];
-    if !summary {
-        return VULN_COLUMNS.to_string();
-    }
     VULN_COLUMNS
         .split(',')
         .map(str::trim)

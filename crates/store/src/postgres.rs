@@ -29,6 +29,10 @@ use crate::plan::{
 use crate::query::{escape_like, ListQuery, SortField};
 use crate::{SeverityDistribution, Store, LLM_MAX_ATTEMPTS};
 
+/// The columns of a summary listing, built once.
+static SUMMARY_COLUMNS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| crate::models::summary_columns("'[]'::jsonb"));
+
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Rows per UNNEST statement; bounds the size of one message to the server.
@@ -515,10 +519,13 @@ impl Store for PgStore {
             })
             .await?;
 
-        let mut list = QueryBuilder::<Postgres>::new(format!(
-            "SELECT {} FROM vulnerabilities",
-            crate::models::list_columns(query.summary, "'[]'::jsonb")
-        ));
+        let columns = if query.summary {
+            SUMMARY_COLUMNS.as_str()
+        } else {
+            VULN_COLUMNS
+        };
+        let mut list =
+            QueryBuilder::<Postgres>::new(format!("SELECT {columns} FROM vulnerabilities"));
         let dir = query.order.sql();
         let push_page = |list: &mut QueryBuilder<'_, Postgres>| {
             list.push(" LIMIT ")
@@ -1157,16 +1164,14 @@ impl crate::UpsertBatches for PgUpserts<'_> {
              WHERE cve_id = ANY($1) FOR UPDATE"
         );
         let rows = sqlx::query(&sql).bind(&ids).fetch_all(&mut **tx).await?;
-        let mut existing = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let facts = facts_row(row)?;
-            let (id, ex) = existing_from(
-                facts,
-                row.try_get("modified_at")?,
-                row.try_get("record_hash")?,
-            );
-            existing.insert(id, ex);
-        }
+        let existing = rows
+            .iter()
+            .map(|row| {
+                let (modified_at, hash) =
+                    (row.try_get("modified_at")?, row.try_get("record_hash")?);
+                Ok(existing_from(facts_row(row)?, modified_at, hash))
+            })
+            .collect::<Result<HashMap<_, _>, sqlx::Error>>()?;
         let kev_rows = sqlx::query(
             "SELECT cve_id, date_added, due_date, required_action, ransomware_use, \
              vulnerability_name FROM kev_entries WHERE cve_id = ANY($1)",
@@ -1174,10 +1179,10 @@ impl crate::UpsertBatches for PgUpserts<'_> {
         .bind(&ids)
         .fetch_all(&mut **tx)
         .await?;
-        let mut kev = HashMap::with_capacity(kev_rows.len());
-        for row in &kev_rows {
-            kev.insert(row.try_get::<String, _>("cve_id")?, kev_from_row(row)?);
-        }
+        let kev = kev_rows
+            .iter()
+            .map(|row| Ok((row.try_get("cve_id")?, kev_from_row(row)?)))
+            .collect::<Result<HashMap<String, _>, sqlx::Error>>()?;
 
         let plan = plan_upsert(cves, existing, &kev, now);
         for chunk in plan.rows.chunks(ROWS_PER_STATEMENT) {

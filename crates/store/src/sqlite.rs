@@ -32,6 +32,10 @@ use crate::plan::{
 use crate::query::{escape_like, ListQuery};
 use crate::{SeverityDistribution, Store, LLM_MAX_ATTEMPTS};
 
+/// The columns of a summary listing, built once.
+static SUMMARY_COLUMNS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| crate::models::summary_columns("'[]'"));
+
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Rows per multi-row INSERT: 31 parameters each stays far below SQLite's
@@ -529,7 +533,7 @@ impl Store for SqliteStore {
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         Ok(Box::new(SqliteUpserts {
             tx,
-            store: self,
+            bulk: self.bulk.load(std::sync::atomic::Ordering::Acquire),
             _written: self.totals.invalidate_when_done(),
         }))
     }
@@ -682,10 +686,12 @@ impl Store for SqliteStore {
             })
             .await?;
 
-        let mut list = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {} FROM ",
-            crate::models::list_columns(query.summary, "'[]'")
-        ));
+        let columns = if query.summary {
+            SUMMARY_COLUMNS.as_str()
+        } else {
+            VULN_COLUMNS
+        };
+        let mut list = QueryBuilder::<Sqlite>::new(format!("SELECT {columns} FROM "));
         let dir = query.order.sql();
         let push_page = |list: &mut QueryBuilder<'_, Sqlite>| {
             list.push(" LIMIT ")
@@ -999,7 +1005,15 @@ impl Store for SqliteStore {
             drop(conn.detach());
         }
         match beat {
-            Err(sqlx::Error::Database(e)) if e.message().contains("database is locked") => Ok(()),
+            // SQLITE_BUSY and its extended codes (the low byte is 5).
+            Err(sqlx::Error::Database(e))
+                if e.code()
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .map(|c| c & 0xff)
+                    == Some(5) =>
+            {
+                Ok(())
+            }
             other => {
                 other?;
                 Ok(())
@@ -1334,7 +1348,9 @@ async fn severity_counts(pool: &SqlitePool) -> Result<BTreeMap<String, u64>> {
 /// [`Store::begin_upserts`] on SQLite: one `BEGIN IMMEDIATE` transaction.
 struct SqliteUpserts<'s> {
     tx: sqlx::Transaction<'static, Sqlite>,
-    store: &'s SqliteStore,
+    /// A bulk load was on when the transaction began: terms are left to
+    /// its final rebuild.
+    bulk: bool,
     /// Dropped after the commit (or the rollback).
     _written: crate::totals::InvalidateOnDrop<'s>,
 }
@@ -1363,16 +1379,14 @@ impl crate::UpsertBatches for SqliteUpserts<'_> {
             .bind(&ids_json)
             .fetch_all(&mut **tx)
             .await?;
-        let mut existing = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let facts = facts_row(row)?;
-            let (id, ex) = existing_from(
-                facts,
-                row.try_get("modified_at")?,
-                row.try_get("record_hash")?,
-            );
-            existing.insert(id, ex);
-        }
+        let existing = rows
+            .iter()
+            .map(|row| {
+                let (modified_at, hash) =
+                    (row.try_get("modified_at")?, row.try_get("record_hash")?);
+                Ok(existing_from(facts_row(row)?, modified_at, hash))
+            })
+            .collect::<Result<HashMap<_, _>, sqlx::Error>>()?;
         let kev_rows = sqlx::query(
             "SELECT cve_id, date_added, due_date, required_action, ransomware_use, \
              vulnerability_name FROM kev_entries WHERE cve_id IN (SELECT value FROM json_each(?))",
@@ -1380,10 +1394,10 @@ impl crate::UpsertBatches for SqliteUpserts<'_> {
         .bind(&ids_json)
         .fetch_all(&mut **tx)
         .await?;
-        let mut kev = HashMap::with_capacity(kev_rows.len());
-        for row in &kev_rows {
-            kev.insert(row.try_get::<String, _>("cve_id")?, kev_from_row(row)?);
-        }
+        let kev = kev_rows
+            .iter()
+            .map(|row| Ok((row.try_get("cve_id")?, kev_from_row(row)?)))
+            .collect::<Result<HashMap<String, _>, sqlx::Error>>()?;
 
         // Rows that existed before are the only ones the search index may
         // hold stale text for; new rows are above its watermark anyway.
@@ -1391,7 +1405,7 @@ impl crate::UpsertBatches for SqliteUpserts<'_> {
         let plan = plan_upsert(cves, existing, &kev, now);
         if !plan.rows.is_empty() {
             write_rows(tx, &plan.rows, now).await?;
-            if !self.store.bulk.load(std::sync::atomic::Ordering::Acquire) {
+            if !self.bulk {
                 write_terms(tx, &plan.rows).await?;
             }
             let rewritten: Vec<&str> = plan

@@ -502,7 +502,6 @@ impl RunState {
         for f in part.failures {
             self.note_failure(f);
         }
-        self.details.extend(part.details);
     }
 
     fn detail(&mut self, key: &str, value: impl Serialize) {
