@@ -569,19 +569,20 @@ async fn changed_description_marks_llm_result_stale(s: Arc<dyn Store>) {
     assert!(r.llm_processed);
 }
 
+/// Two copies of CVE-2024-6387: "newer text" modified on 2024-07-09 and
+/// "older text" modified a week before.
+fn newer_and_older() -> (Cve, Cve) {
+    let mut newer = fixture("CVE-2024-6387");
+    newer.description = "newer text".into();
+    newer.modified_at = at("2024-07-09T06:15:03.513");
+    let mut older = newer.clone();
+    older.description = "older text".into();
+    older.modified_at = at("2024-07-02T00:00:00.000");
+    (newer, older)
+}
+
 async fn older_record_never_overwrites_newer(s: Arc<dyn Store>) {
-    let newer = {
-        let mut c = fixture("CVE-2024-6387");
-        c.description = "newer text".into();
-        c.modified_at = at("2024-07-09T06:15:03.513");
-        c
-    };
-    let older = {
-        let mut c = fixture("CVE-2024-6387");
-        c.description = "older text".into();
-        c.modified_at = at("2024-07-02T00:00:00.000");
-        c
-    };
+    let (newer, older) = newer_and_older();
     // Newer stored first, older arrives later: ignored.
     s.upsert_cves(std::slice::from_ref(&newer), now())
         .await
@@ -654,18 +655,7 @@ async fn batches_land_together_or_not_at_all(s: Arc<dyn Store>) {
         "a dropped transaction keeps nothing"
     );
 
-    let newer = {
-        let mut c = fixture("CVE-2024-6387");
-        c.description = "newer text".into();
-        c.modified_at = at("2024-07-09T06:15:03.513");
-        c
-    };
-    let older = {
-        let mut c = newer.clone();
-        c.description = "older text".into();
-        c.modified_at = at("2024-07-02T00:00:00.000");
-        c
-    };
+    let (newer, older) = newer_and_older();
     let mut batches = s.begin_upserts().await.unwrap();
     batches.upsert_cves(first, now()).await.unwrap();
     batches
