@@ -17,6 +17,13 @@
 //! * [`tasks`]: the Celery tasks, one per file, and their shared [`tasks::AppContext`].
 //! * [`stats`]: statistics through the stats cache (shared by the task, API and CLI).
 
+/// mimalloc instead of the C library's allocator, for every program that
+/// links this crate (the binary, its tests and benchmarks, so what is
+/// measured is what ships). Parsing allocates millions of small strings on
+/// one thread that are freed on another; see README, Performance.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -69,13 +69,18 @@ const BULK_LOAD_MAX_ROWS: i64 = 10_000;
 
 /// Recomputes every filter term from the stored JSON lists (which hold the
 /// normalised terms the upsert writes, see `plan.rs`), in key order so the
-/// WITHOUT ROWID table is appended to rather than split at random.
-const REBUILD_TERMS: &str = "DELETE FROM vulnerability_terms; \
+/// WITHOUT ROWID table is appended to rather than split at random. Its
+/// `cve_id` index is built afterwards from the finished table: kept in place
+/// it took each term in random order (300 000 CVEs, 1.2 million terms:
+/// 3.4 s with it, 1.8 s + 0.5 s without it and built after).
+const REBUILD_TERMS: &str = "DROP INDEX IF EXISTS vulnerability_terms_cve; \
+    DELETE FROM vulnerability_terms; \
     INSERT OR IGNORE INTO vulnerability_terms (kind, value, cve_id) \
     SELECT 'vendor', j.value, v.cve_id FROM vulnerabilities v, json_each(v.vendors) j \
     UNION ALL SELECT 'product', j.value, v.cve_id FROM vulnerabilities v, json_each(v.products) j \
     UNION ALL SELECT 'cwe', j.value, v.cve_id FROM vulnerabilities v, json_each(v.cwe_ids) j \
-    ORDER BY 1, 2, 3;";
+    ORDER BY 1, 2, 3; \
+    CREATE INDEX vulnerability_terms_cve ON vulnerability_terms (cve_id);";
 
 /// Puts the rebuild of `vulnerability_terms` on `bulk_load_pending` (after
 /// the indexes: names sort `~` last).
@@ -178,12 +183,17 @@ impl SqliteStore {
         // Building indexes sorts whole columns. SQLite's sorter keeps a
         // page cache's worth in memory and, with temp_store = MEMORY, its
         // spilled runs too, so memory would grow with the table. For this
-        // work the runs go to temporary files.
+        // work the runs go to temporary files. The sorts may also use a
+        // helper thread per spare core (SQLite's `threads`, off by default).
+        let helpers = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
+        sqlx::query(&format!("PRAGMA threads = {helpers}"))
+            .execute(&mut *conn)
+            .await?;
         sqlx::query("PRAGMA temp_store = FILE")
             .execute(&mut *conn)
             .await?;
         let result = Self::run_bulk_pending(&mut conn).await;
-        sqlx::query("PRAGMA temp_store = MEMORY")
+        sqlx::query("PRAGMA temp_store = MEMORY; PRAGMA threads = 0")
             .execute(&mut *conn)
             .await?;
         result
