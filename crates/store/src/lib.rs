@@ -253,7 +253,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Prepares for loading many records into an (almost) empty store, such
     /// as a first import of NVD's yearly feeds: the store may put off index
-    /// maintenance until [`Store::end_bulk_load`]. Returns whether it did.
+    /// maintenance until [`Store::end_bulk_load`] (both stores drop their
+    /// secondary indexes and build them once at the end, which is a sort
+    /// instead of an insert per row into each). Returns whether it did.
     /// Meanwhile reads are slower, and on SQLite the vendor, product and
     /// CWE filters do not see the records loaded since the start; a load
     /// killed half-way is completed by the next [`Store::migrate`].

@@ -73,6 +73,24 @@ mod harness {
         F: FnOnce(Arc<dyn Store>) -> Fut,
         Fut: Future<Output = ()>,
     {
+        with_postgres_url(name, |url| async move {
+            let store = openthreat_store::connect(&url)
+                .await
+                .expect("connect to the test database");
+            store.migrate().await.expect("migrate PostgreSQL");
+            test(store).await;
+        })
+        .await;
+    }
+
+    /// Runs `test` with the URL of a new, empty PostgreSQL database (for
+    /// tests that open and reopen stores themselves), and drops that
+    /// database afterwards, even when the test panics.
+    pub async fn with_postgres_url<F, Fut>(name: &str, test: F)
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = ()>,
+    {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let admin_url = admin_url();
         let admin = match PgPoolOptions::new()
@@ -110,15 +128,9 @@ mod harness {
             .execute(&admin)
             .await
             .expect("create test database");
-        let result = AssertUnwindSafe(async {
-            let store = openthreat_store::connect(&with_database(&admin_url, &db))
-                .await
-                .expect("connect to the test database");
-            store.migrate().await.expect("migrate PostgreSQL");
-            test(store).await;
-        })
-        .catch_unwind()
-        .await;
+        let result = AssertUnwindSafe(test(with_database(&admin_url, &db)))
+            .catch_unwind()
+            .await;
         let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
             .execute(&admin)
             .await;
@@ -1883,8 +1895,10 @@ async fn filtered(s: &Arc<dyn Store>, f: fn(&mut ListQuery)) -> Vec<String> {
 /// What a first import through `begin_bulk_load`/`end_bulk_load` leaves
 /// behind answers every filter and sort as a store filled row by row.
 async fn a_bulk_load_answers_like_a_normal_one(s: Arc<dyn Store>) {
-    let bulk = s.begin_bulk_load().await.unwrap();
-    assert_eq!(bulk, s.backend() == openthreat_store::Backend::Sqlite);
+    assert!(
+        s.begin_bulk_load().await.unwrap(),
+        "an empty store loads in bulk"
+    );
     seed(&s).await;
     s.end_bulk_load().await.unwrap();
     s.end_bulk_load().await.unwrap();
@@ -2599,41 +2613,73 @@ async fn unreachable_postgres_is_a_clear_error_without_the_password() {
 }
 
 /// The SQLite database's own index names (not the automatic ones).
-async fn sqlite_indexes(url: &str) -> Vec<String> {
-    let pool = sqlx::SqlitePool::connect(url).await.unwrap();
-    sqlx::query_scalar(
-        "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap()
+/// The names of the indexes a store's database holds.
+async fn index_names(url: &str) -> Vec<String> {
+    if url.starts_with("sqlite") {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let names = sqlx::query_scalar(
+            "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexname",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        names
+    }
 }
 
-/// `kill -9` during a bulk load leaves its indexes dropped and its terms
-/// unwritten; the next start (migrate) completes the work.
-#[tokio::test]
-async fn a_bulk_load_killed_half_way_is_completed_by_the_next_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("ot.db").display());
+/// `kill -9` during a bulk load leaves its indexes dropped (and on SQLite
+/// its terms unwritten); the next start (migrate) completes the work.
+async fn a_bulk_load_killed_half_way_is_completed_by_the_next_start(url: String) {
     let store = openthreat_store::connect(&url).await.unwrap();
     store.migrate().await.unwrap();
-    let before = sqlite_indexes(&url).await;
+    let before = index_names(&url).await;
     assert!(
         before.iter().any(|n| n == "vulnerabilities_published_at"),
         "{before:?}"
     );
     assert!(store.begin_bulk_load().await.unwrap());
-    assert!(sqlite_indexes(&url).await.len() < before.len());
+    let during = index_names(&url).await;
+    assert!(during.len() < before.len(), "{during:?}");
     store.upsert_cves(&fixtures(), now()).await.unwrap();
     drop(store); // killed: no end_bulk_load
 
     let store = openthreat_store::connect(&url).await.unwrap();
     store.migrate().await.unwrap();
-    assert_eq!(sqlite_indexes(&url).await, before);
+    assert_eq!(index_names(&url).await, before);
     assert_eq!(
         filtered(&store, |q| q.vendor = Some("paloaltonetworks".into())).await,
         ["CVE-2024-3400"]
     );
+    // A load that ends normally builds them itself.
+    assert!(store.begin_bulk_load().await.unwrap());
+    assert!(index_names(&url).await.len() < before.len());
+    store.end_bulk_load().await.unwrap();
+    assert_eq!(index_names(&url).await, before);
+}
+
+#[tokio::test]
+async fn a_bulk_load_killed_half_way_is_completed_by_the_next_start_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ot.db").display());
+    a_bulk_load_killed_half_way_is_completed_by_the_next_start(url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_load_killed_half_way_is_completed_by_the_next_start_postgres() {
+    harness::with_postgres_url(
+        "a_bulk_load_killed_half_way_is_completed_by_the_next_start",
+        a_bulk_load_killed_half_way_is_completed_by_the_next_start,
+    )
+    .await;
 }
 
 #[tokio::test]
