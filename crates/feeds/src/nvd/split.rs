@@ -257,22 +257,43 @@ impl<R: Read> Scanner<R> {
                 }
                 continue;
             }
-            let b = self.buf[self.pos];
-            self.pos += 1;
-            match b {
-                b'"' => in_string = true,
-                b'{' | b'[' => depth += 1,
-                b'}' | b']' => {
+            // Outside strings: on to the next quote or bracket in one tight
+            // loop (whitespace, `:`, `,`, numbers and literals are most of
+            // the bytes here: NVD indents its files).
+            let rest = &self.buf[self.pos..];
+            let Some(i) = rest.iter().position(|&b| STRUCTURE[usize::from(b)] != 0) else {
+                self.pos = self.buf.len();
+                continue;
+            };
+            self.pos += i + 1;
+            match STRUCTURE[usize::from(rest[i])] {
+                QUOTE => in_string = true,
+                OPEN => depth += 1,
+                _ => {
                     depth = depth.saturating_sub(1);
                     if depth == 0 {
                         return Ok(());
                     }
                 }
-                _ => {}
             }
         }
     }
 }
+
+/// Classes of the bytes [`Scanner::scan_value`] stops at outside strings;
+/// 0 for every other byte.
+const QUOTE: u8 = 1;
+const OPEN: u8 = 2;
+const CLOSE: u8 = 3;
+static STRUCTURE: [u8; 256] = {
+    let mut class = [0u8; 256];
+    class[b'"' as usize] = QUOTE;
+    class[b'{' as usize] = OPEN;
+    class[b'[' as usize] = OPEN;
+    class[b'}' as usize] = CLOSE;
+    class[b']' as usize] = CLOSE;
+    class
+};
 
 #[cfg(test)]
 mod tests {
