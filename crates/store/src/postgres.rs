@@ -142,6 +142,13 @@ const BULK_LOAD_LOCK: i64 = 0x6f74_6275_6c6b_6c64;
 /// fuller one rebuilding them would cost more than it saves.
 const BULK_LOAD_MAX_ROWS: i64 = 10_000;
 
+/// How long a start (`migrate`) waits for the table lock to build a bulk
+/// load's pending indexes (see `finish_bulk_load`).
+const START_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// SQLSTATE of a `lock_timeout` that ran out.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
 impl PgStore {
     /// Connects to the PostgreSQL database at `url` (`postgres://...`).
     pub async fn connect(url: &str) -> Result<Self> {
@@ -176,7 +183,12 @@ impl PgStore {
     /// sort on one core (300 000 CVEs: 15 indexes in 2.5 s on two cores).
     /// Definitions are made idempotent and each is cleared once built, so
     /// an interrupted run is finished by the next one.
-    async fn finish_bulk_load(&self) -> Result<()> {
+    ///
+    /// With `lock_wait` (a start), gives up with [`LOCK_NOT_AVAILABLE`]
+    /// when the table stays locked that long (a load still running in
+    /// another process, which builds the indexes itself when it ends), or
+    /// returns at once when another process is already building them.
+    async fn finish_bulk_load(&self, lock_wait: Option<Duration>) -> Result<()> {
         // Every start calls this: a plain read first.
         let pending: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM bulk_load_pending)")
             .fetch_one(&self.pool)
@@ -188,10 +200,20 @@ impl PgStore {
         // then finds nothing left). A transaction lock, released by the
         // rollback if this future is dropped.
         let mut lock = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(BULK_LOAD_LOCK)
-            .execute(&mut *lock)
-            .await?;
+        if lock_wait.is_some() {
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                .bind(BULK_LOAD_LOCK)
+                .fetch_one(&mut *lock)
+                .await?;
+            if !got {
+                return Ok(());
+            }
+        } else {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(BULK_LOAD_LOCK)
+                .execute(&mut *lock)
+                .await?;
+        }
         let pending: Vec<(String, String)> =
             sqlx::query_as("SELECT name, sql FROM bulk_load_pending ORDER BY name")
                 .fetch_all(&mut *lock)
@@ -206,6 +228,11 @@ impl PgStore {
                 sqlx::query("SET LOCAL maintenance_work_mem = '128MB'")
                     .execute(&mut *tx)
                     .await?;
+                if let Some(wait) = lock_wait {
+                    sqlx::query(&format!("SET LOCAL lock_timeout = {}", wait.as_millis()))
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 sqlx::query(&sql).execute(&mut *tx).await?;
                 sqlx::query("DELETE FROM bulk_load_pending WHERE name = $1")
                     .bind(&name)
@@ -407,9 +434,20 @@ impl Store for PgStore {
             .map_err(|e| StoreError::Migrate(e.to_string()))?;
         // A bulk index_search killed between dropping and rebuilding it.
         create_search_index(&self.pool).await?;
-        // A bulk load killed half-way: finish it now.
+        // A bulk load killed half-way: finish it now. Unless one is still
+        // running in another process: that one finishes it when it ends.
         if !self.bulk.load(std::sync::atomic::Ordering::Acquire) {
-            self.finish_bulk_load().await?;
+            match self.finish_bulk_load(Some(START_LOCK_WAIT)).await {
+                Err(StoreError::Database(sqlx::Error::Database(e)))
+                    if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) =>
+                {
+                    tracing::warn!(
+                        "indexes of a bulk load are pending while another process writes \
+                         (an import); left to it"
+                    )
+                }
+                other => other?,
+            }
         }
         Ok(())
     }
@@ -464,7 +502,7 @@ impl Store for PgStore {
             return Ok(());
         }
         let _written = self.totals.invalidate_when_done();
-        self.finish_bulk_load().await
+        self.finish_bulk_load(None).await
     }
 
     async fn ping(&self) -> Result<()> {

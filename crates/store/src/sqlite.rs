@@ -46,6 +46,26 @@ const TERMS_PER_INSERT: usize = 500;
 /// How long a write waits for another connection's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a start (`migrate`) waits for the write lock to finish a bulk
+/// load's pending work. Longer than any batch or bookkeeping write; a
+/// bulk load still running in another process holds the lock for whole
+/// files, and builds the indexes itself when it ends.
+const START_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether `e` is SQLITE_BUSY or one of its extended codes (low byte 5):
+/// another connection holds the lock.
+fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(e) => {
+            e.code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .map(|c| c & 0xff)
+                == Some(5)
+        }
+        _ => false,
+    }
+}
+
 /// A [`Store`] on a SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -168,9 +188,9 @@ async fn mark_search_pending(
 
 impl SqliteStore {
     /// Runs what a bulk load put off (`bulk_load_pending`), in one
-    /// transaction. Index definitions are made idempotent, so running this
-    /// twice (a second process starting during a load) does no harm.
-    async fn finish_bulk_load(&self) -> Result<()> {
+    /// transaction, waiting at most `lock_wait` for the write lock. Index
+    /// definitions are made idempotent, so running this twice does no harm.
+    async fn finish_bulk_load(&self, lock_wait: Duration) -> Result<()> {
         // Every start calls this: a plain read first, so that a start with
         // nothing to finish never waits for SQLite's write lock.
         let pending: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM bulk_load_pending)")
@@ -186,16 +206,23 @@ impl SqliteStore {
         // work the runs go to temporary files. The sorts may also use a
         // helper thread per spare core (SQLite's `threads`, off by default).
         let helpers = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
-        sqlx::query(&format!("PRAGMA threads = {helpers}"))
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("PRAGMA temp_store = FILE")
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(&format!(
+            "PRAGMA threads = {helpers}; PRAGMA temp_store = FILE; PRAGMA busy_timeout = {}",
+            lock_wait.as_millis()
+        ))
+        .execute(&mut *conn)
+        .await?;
         let result = Self::run_bulk_pending(&mut conn).await;
-        sqlx::query("PRAGMA temp_store = MEMORY; PRAGMA threads = 0")
-            .execute(&mut *conn)
-            .await?;
+        let restored = sqlx::query(&format!(
+            "PRAGMA temp_store = MEMORY; PRAGMA threads = 0; PRAGMA busy_timeout = {}",
+            BUSY_TIMEOUT.as_millis()
+        ))
+        .execute(&mut *conn)
+        .await;
+        if restored.is_err() {
+            // Never hand a connection with other settings back to the pool.
+            drop(conn.detach());
+        }
         result
     }
 
@@ -477,9 +504,16 @@ impl Store for SqliteStore {
             .run(&self.pool)
             .await
             .map_err(|e| StoreError::Migrate(e.to_string()))?;
-        // A bulk load killed half-way: finish it now.
+        // A bulk load killed half-way: finish it now. Unless one is still
+        // running in another process: that one finishes it when it ends.
         if !self.bulk.load(std::sync::atomic::Ordering::Acquire) {
-            self.finish_bulk_load().await?;
+            match self.finish_bulk_load(START_LOCK_WAIT).await {
+                Err(StoreError::Database(e)) if is_busy(&e) => tracing::warn!(
+                    "indexes of a bulk load are pending while another process writes \
+                     (an import); left to it"
+                ),
+                other => other?,
+            }
         }
         Ok(())
     }
@@ -531,7 +565,7 @@ impl Store for SqliteStore {
         // this one stored since then still need their terms.
         note_terms_rebuild(&self.pool).await?;
         let _written = self.totals.invalidate_when_done();
-        self.finish_bulk_load().await
+        self.finish_bulk_load(BUSY_TIMEOUT).await
     }
 
     async fn ping(&self) -> Result<()> {
@@ -1015,15 +1049,7 @@ impl Store for SqliteStore {
             drop(conn.detach());
         }
         match beat {
-            // SQLITE_BUSY and its extended codes (the low byte is 5).
-            Err(sqlx::Error::Database(e))
-                if e.code()
-                    .and_then(|c| c.parse::<i32>().ok())
-                    .map(|c| c & 0xff)
-                    == Some(5) =>
-            {
-                Ok(())
-            }
+            Err(e) if is_busy(&e) => Ok(()),
             other => {
                 other?;
                 Ok(())

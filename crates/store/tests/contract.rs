@@ -2666,6 +2666,50 @@ async fn a_bulk_load_killed_half_way_is_completed_by_the_next_start(url: String)
     assert_eq!(index_names(&url).await, before);
 }
 
+/// A process that starts while another one's first import is running (a
+/// file's transaction open, the indexes dropped) starts at once, instead
+/// of waiting for that file or failing after the busy timeout, and leaves
+/// the indexes to the import, which builds them when it ends.
+async fn a_start_during_a_bulk_load_leaves_the_indexes_to_it(url: String) {
+    let loader = openthreat_store::connect(&url).await.unwrap();
+    loader.migrate().await.unwrap();
+    let before = index_names(&url).await;
+    assert!(loader.begin_bulk_load().await.unwrap());
+    let mut file = loader.begin_upserts().await.unwrap();
+    file.upsert_cves(&fixtures(), now()).await.unwrap();
+
+    let other = openthreat_store::connect(&url).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(20), other.migrate())
+        .await
+        .expect("a start waited for the running import")
+        .unwrap();
+    assert!(index_names(&url).await.len() < before.len());
+
+    file.commit().await.unwrap();
+    loader.end_bulk_load().await.unwrap();
+    assert_eq!(index_names(&url).await, before);
+    assert_eq!(
+        filtered(&other, |q| q.vendor = Some("paloaltonetworks".into())).await,
+        ["CVE-2024-3400"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_during_a_bulk_load_leaves_the_indexes_to_it_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ot.db").display());
+    a_start_during_a_bulk_load_leaves_the_indexes_to_it(url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_during_a_bulk_load_leaves_the_indexes_to_it_postgres() {
+    harness::with_postgres_url(
+        "a_start_during_a_bulk_load_leaves_the_indexes_to_it",
+        a_start_during_a_bulk_load_leaves_the_indexes_to_it,
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_bulk_load_killed_half_way_is_completed_by_the_next_start_sqlite() {
     let dir = tempfile::tempdir().unwrap();
