@@ -52,6 +52,21 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// files, and builds the indexes itself when it ends.
 const START_LOCK_WAIT: Duration = Duration::from_secs(2);
 
+/// Puts back the pool's settings on a connection that changed some (`sql`)
+/// and always the busy timeout, before it returns to the pool; one on which
+/// that fails is closed instead, so the pool never hands out a connection
+/// that gives up at once on a lock or sorts in files.
+async fn restore_settings(mut conn: sqlx::pool::PoolConnection<Sqlite>, sql: &str) {
+    let restore = format!("{sql}; PRAGMA busy_timeout = {}", BUSY_TIMEOUT.as_millis());
+    if sqlx::query(restore.trim_start_matches("; "))
+        .execute(&mut *conn)
+        .await
+        .is_err()
+    {
+        drop(conn.detach());
+    }
+}
+
 /// Whether `e` is SQLITE_BUSY or one of its extended codes (low byte 5):
 /// another connection holds the lock.
 fn is_busy(e: &sqlx::Error) -> bool {
@@ -213,16 +228,7 @@ impl SqliteStore {
         .execute(&mut *conn)
         .await?;
         let result = Self::run_bulk_pending(&mut conn).await;
-        let restored = sqlx::query(&format!(
-            "PRAGMA temp_store = MEMORY; PRAGMA threads = 0; PRAGMA busy_timeout = {}",
-            BUSY_TIMEOUT.as_millis()
-        ))
-        .execute(&mut *conn)
-        .await;
-        if restored.is_err() {
-            // Never hand a connection with other settings back to the pool.
-            drop(conn.detach());
-        }
+        restore_settings(conn, "PRAGMA temp_store = MEMORY; PRAGMA threads = 0").await;
         result
     }
 
@@ -1038,16 +1044,7 @@ impl Store for SqliteStore {
         .bind(id)
         .execute(&mut *conn)
         .await;
-        let restored = sqlx::query(&format!(
-            "PRAGMA busy_timeout = {}",
-            BUSY_TIMEOUT.as_millis()
-        ))
-        .execute(&mut *conn)
-        .await;
-        if restored.is_err() {
-            // Never hand a connection that gives up at once back to the pool.
-            drop(conn.detach());
-        }
+        restore_settings(conn, "").await;
         match beat {
             Err(e) if is_busy(&e) => Ok(()),
             other => {
