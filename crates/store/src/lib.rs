@@ -49,6 +49,15 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use openthreat_core::{Cve, CveId, Enrichment, Epss, KevFacts, Priority};
 
+/// sqlx logs statements slower than this, at [`SLOW_STATEMENT_LEVEL`].
+pub(crate) const SLOW_STATEMENT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Info, not sqlx's default warn: a first import's bulk statements (index
+/// builds, search indexing) take seconds by design, and `openthreat ingest`
+/// printed each of them, SQL and all, as a warning. `RUST_LOG=sqlx=info`
+/// shows them.
+pub(crate) const SLOW_STATEMENT_LEVEL: log::LevelFilter = log::LevelFilter::Info;
+
 pub mod error;
 pub mod fresh;
 pub mod models;

@@ -14,7 +14,7 @@ use openthreat_core::{CveId, Enrichment, Epss, KevFacts, Priority, Severity};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
-use sqlx::{Postgres, QueryBuilder, Row};
+use sqlx::{ConnectOptions, Postgres, QueryBuilder, Row};
 
 use crate::error::{redact_url, Result, StoreError};
 use crate::models::{
@@ -152,10 +152,12 @@ const LOCK_NOT_AVAILABLE: &str = "55P03";
 impl PgStore {
     /// Connects to the PostgreSQL database at `url` (`postgres://...`).
     pub async fn connect(url: &str) -> Result<Self> {
-        let opts = PgConnectOptions::from_str(url).map_err(|e| StoreError::InvalidUrl {
-            url: redact_url(url),
-            reason: redact_url(&e.to_string()),
-        })?;
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::InvalidUrl {
+                url: redact_url(url),
+                reason: redact_url(&e.to_string()),
+            })?
+            .log_slow_statements(crate::SLOW_STATEMENT_LEVEL, crate::SLOW_STATEMENT);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))

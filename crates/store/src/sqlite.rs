@@ -17,7 +17,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite};
 
 use crate::error::{redact_url, Result, StoreError};
 use crate::models::{
@@ -292,7 +292,8 @@ impl SqliteStore {
             .pragma("temp_store", "memory")
             // Checkpoint every ~40 MiB of WAL instead of 4 MiB: hot index
             // pages are then copied back once per many batches, not per batch.
-            .pragma("wal_autocheckpoint", "10000");
+            .pragma("wal_autocheckpoint", "10000")
+            .log_slow_statements(crate::SLOW_STATEMENT_LEVEL, crate::SLOW_STATEMENT);
         let connect_err = |reason: String| StoreError::Connect {
             backend: "SQLite",
             url: redact_url(url),
