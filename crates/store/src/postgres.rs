@@ -182,7 +182,7 @@ impl PgStore {
 
     /// Builds the indexes a bulk load dropped (`bulk_load_pending`), one
     /// connection per core at once: each `CREATE INDEX` is a scan and a
-    /// sort on one core (300 000 CVEs: 15 indexes in 2.5 s on two cores).
+    /// sort on one core (300 000 CVEs: 15 indexes in 2.2-2.4 s on two cores).
     /// Definitions are made idempotent and each is cleared once built, so
     /// an interrupted run is finished by the next one.
     ///
@@ -198,9 +198,10 @@ impl PgStore {
         if !pending {
             return Ok(());
         }
-        // One finisher at a time (another process starting meanwhile waits,
-        // then finds nothing left). A transaction lock, released by the
-        // rollback if this future is dropped.
+        // One finisher at a time: the end of a load waits for another
+        // finisher (and then finds nothing left), a start leaves it be. A
+        // transaction lock, released by the rollback if this future is
+        // dropped.
         let mut lock = self.pool.begin().await?;
         if lock_wait.is_some() {
             let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
@@ -457,7 +458,7 @@ impl Store for PgStore {
     /// Drops the secondary indexes of `vulnerabilities` (the unique ones
     /// stay: the upsert looks records up by `cve_id`). With its 15 indexes
     /// kept, the rows of a 300 000-CVE first import took 16-19 s to store,
-    /// 10 s without; building them afterwards takes 2.5 s.
+    /// 10 s without; building them afterwards takes 2.2-2.4 s.
     async fn begin_bulk_load(&self) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")

@@ -221,13 +221,16 @@ impl SqliteStore {
         // work the runs go to temporary files. The sorts may also use a
         // helper thread per spare core (SQLite's `threads`, off by default).
         let helpers = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
-        sqlx::query(&format!(
+        let set = sqlx::query(&format!(
             "PRAGMA threads = {helpers}; PRAGMA temp_store = FILE; PRAGMA busy_timeout = {}",
             lock_wait.as_millis()
         ))
         .execute(&mut *conn)
-        .await?;
-        let result = Self::run_bulk_pending(&mut conn).await;
+        .await;
+        let result = match set {
+            Ok(_) => Self::run_bulk_pending(&mut conn).await,
+            Err(e) => Err(e.into()),
+        };
         restore_settings(conn, "PRAGMA temp_store = MEMORY; PRAGMA threads = 0").await;
         result
     }
