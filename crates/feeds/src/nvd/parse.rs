@@ -401,13 +401,31 @@ fn run_split<R: Read>(
     let read = scanner.pos().offset;
     // Positions inside the collected keys are not the file's: say what
     // was wrong and how far the file was read.
-    run_top(&mut ctx, &rest, |e| FeedsError::Json {
-        origin: origin.to_string(),
-        line: 0,
-        column: 0,
-        bytes_read: Some(read),
-        message: record_reason(&e),
+    run_top(&mut ctx, &rest, |e| {
+        json_error(origin, Pos::unknown_line(read), record_reason(&e))
     })
+}
+
+/// A malformed document: `message` at `at` in `origin` (line 0 when only
+/// the byte offset is known).
+fn json_error(origin: &str, at: Pos, message: String) -> FeedsError {
+    FeedsError::Json {
+        origin: origin.to_string(),
+        line: at.line,
+        column: at.column,
+        bytes_read: Some(at.offset),
+        message,
+    }
+}
+
+/// Why the scanner stopped, as the document's error.
+fn scan_error(origin: &str, e: ScanError) -> FeedsError {
+    match e {
+        ScanError::Io(error, at) => {
+            json_error(origin, Pos::unknown_line(at.offset), error.to_string())
+        }
+        ScanError::Syntax(message, at) => json_error(origin, at, message),
+    }
 }
 
 /// The envelope keys of NVD's API responses and feed files.
@@ -425,22 +443,7 @@ const ENVELOPE_KEYS: [&str; 6] = [
 /// in their place).
 fn split_top<R: Read>(scanner: &mut Scanner<R>, ctx: &mut Ctx<'_>) -> Result<Vec<u8>, FeedsError> {
     let origin = ctx.origin.clone();
-    let err = |e: ScanError| match e {
-        ScanError::Io(error, at) => FeedsError::Json {
-            origin: origin.clone(),
-            line: 0,
-            column: 0,
-            bytes_read: Some(at.offset),
-            message: error.to_string(),
-        },
-        ScanError::Syntax(message, at) => FeedsError::Json {
-            origin: origin.clone(),
-            line: at.line,
-            column: at.column,
-            bytes_read: Some(at.offset),
-            message,
-        },
-    };
+    let err = |e: ScanError| scan_error(&origin, e);
     scanner
         .expect(
             b'{',
@@ -467,15 +470,13 @@ fn split_top<R: Read>(scanner: &mut Scanner<R>, ctx: &mut Ctx<'_>) -> Result<Vec
                 if !saw_envelope && !other_keys.is_empty() {
                     // The same refusal as the seed's, before any element.
                     let keys: Vec<&str> = other_keys.iter().take(6).map(String::as_str).collect();
-                    return Err(FeedsError::Json {
-                        origin: origin.clone(),
-                        line: at.line,
-                        column: at.column,
-                        bytes_read: Some(at.offset),
-                        message: format!(
+                    return Err(json_error(
+                        &origin,
+                        at,
+                        format!(
                             "not an NVD document: \"vulnerabilities\" without NVD's envelope keys (found {keys:?})"
                         ),
-                    });
+                    ));
                 }
                 saw_envelope = true;
                 scanner.bump();
@@ -693,13 +694,7 @@ impl<'c> Ctx<'c> {
     fn deliver_mapped(&mut self, mapped: Mapped) -> Result<(), FeedsError> {
         match mapped {
             Mapped::Record(r) => self.deliver(r),
-            Mapped::Broken { message, at } => Err(FeedsError::Json {
-                origin: self.origin.clone(),
-                line: at.line,
-                column: at.column,
-                bytes_read: Some(at.offset),
-                message,
-            }),
+            Mapped::Broken { message, at } => Err(json_error(&self.origin, at, message)),
         }
     }
 

@@ -26,6 +26,15 @@ pub(crate) struct Pos {
 }
 
 impl Pos {
+    /// Only the byte offset is known (line 0, as serde_json says "unknown").
+    pub fn unknown_line(offset: u64) -> Pos {
+        Pos {
+            line: 0,
+            column: 0,
+            offset,
+        }
+    }
+
     /// The position of `(line, column)` of serde_json inside a value that
     /// starts at `self` (serde counts from 1, and line 0 means unknown).
     pub fn inner(&self, line: usize, column: usize) -> Pos {
