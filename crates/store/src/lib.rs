@@ -58,6 +58,7 @@ pub(crate) const SLOW_STATEMENT: std::time::Duration = std::time::Duration::from
 /// shows them.
 pub(crate) const SLOW_STATEMENT_LEVEL: log::LevelFilter = log::LevelFilter::Info;
 
+mod bulk;
 pub mod error;
 pub mod fresh;
 pub mod models;

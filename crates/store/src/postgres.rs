@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
+use futures::TryStreamExt;
 use openthreat_core::{CveId, Enrichment, Epss, KevFacts, Priority, Severity};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -46,7 +47,7 @@ pub struct PgStore {
     totals: std::sync::Arc<crate::totals::TotalsCache>,
     /// Set between [`Store::begin_bulk_load`] and [`Store::end_bulk_load`]:
     /// `migrate` then leaves the dropped indexes to this process.
-    bulk: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    bulk: crate::bulk::Running,
 }
 
 fn vuln_row(row: &PgRow) -> Result<VulnerabilityRow, sqlx::Error> {
@@ -138,14 +139,6 @@ const SEARCH_INDEX_LOCK: i64 = 0x6f74_7365_6172_6368;
 /// loads ("otbulkld").
 const BULK_LOAD_LOCK: i64 = 0x6f74_6275_6c6b_6c64;
 
-/// A bulk load drops secondary indexes only on a table this small: on a
-/// fuller one rebuilding them would cost more than it saves.
-const BULK_LOAD_MAX_ROWS: i64 = 10_000;
-
-/// How long a start (`migrate`) waits for the table lock to build a bulk
-/// load's pending indexes (see `finish_bulk_load`).
-const START_LOCK_WAIT: Duration = Duration::from_secs(2);
-
 /// SQLSTATE of a `lock_timeout` that ran out.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
 
@@ -221,12 +214,9 @@ impl PgStore {
             sqlx::query_as("SELECT name, sql FROM bulk_load_pending ORDER BY name")
                 .fetch_all(&mut *lock)
                 .await?;
-        let queue = std::sync::Mutex::new(pending.into_iter());
-        let next = || queue.lock().unwrap_or_else(|e| e.into_inner()).next();
         let builders = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
-        let build = || async {
-            while let Some((name, sql)) = next() {
-                let sql = sql.replacen("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1);
+        futures::stream::iter(pending.into_iter().map(Ok))
+            .try_for_each_concurrent(builders, |(name, sql)| async move {
                 let mut tx = self.pool.begin().await?;
                 sqlx::query("SET LOCAL maintenance_work_mem = '128MB'")
                     .execute(&mut *tx)
@@ -236,16 +226,17 @@ impl PgStore {
                         .execute(&mut *tx)
                         .await?;
                 }
-                sqlx::query(&sql).execute(&mut *tx).await?;
+                sqlx::query(&crate::bulk::idempotent(&sql))
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query("DELETE FROM bulk_load_pending WHERE name = $1")
                     .bind(&name)
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
-            }
-            Ok::<_, StoreError>(())
-        };
-        futures::future::try_join_all((0..builders).map(|_| build())).await?;
+                Ok::<_, StoreError>(())
+            })
+            .await?;
         lock.commit().await?;
         Ok(())
     }
@@ -439,8 +430,11 @@ impl Store for PgStore {
         create_search_index(&self.pool).await?;
         // A bulk load killed half-way: finish it now. Unless one is still
         // running in another process: that one finishes it when it ends.
-        if !self.bulk.load(std::sync::atomic::Ordering::Acquire) {
-            match self.finish_bulk_load(Some(START_LOCK_WAIT)).await {
+        if !self.bulk.is_on() {
+            match self
+                .finish_bulk_load(Some(crate::bulk::START_LOCK_WAIT))
+                .await
+            {
                 Err(StoreError::Database(sqlx::Error::Database(e)))
                     if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) =>
                 {
@@ -468,10 +462,10 @@ impl Store for PgStore {
         let rows: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM (SELECT 1 FROM vulnerabilities LIMIT $1) AS s",
         )
-        .bind(BULK_LOAD_MAX_ROWS + 1)
+        .bind(crate::bulk::MAX_ROWS + 1)
         .fetch_one(&mut *tx)
         .await?;
-        if rows > BULK_LOAD_MAX_ROWS {
+        if rows > crate::bulk::MAX_ROWS {
             return Ok(false);
         }
         let indexes: Vec<(String, String)> = sqlx::query_as(
@@ -496,12 +490,12 @@ impl Store for PgStore {
                 .await?;
         }
         tx.commit().await?;
-        self.bulk.store(true, std::sync::atomic::Ordering::Release);
+        self.bulk.start();
         Ok(true)
     }
 
     async fn end_bulk_load(&self) -> Result<()> {
-        if !self.bulk.swap(false, std::sync::atomic::Ordering::AcqRel) {
+        if !self.bulk.stop() {
             return Ok(());
         }
         let _written = self.totals.invalidate_when_done();

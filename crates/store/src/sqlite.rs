@@ -46,23 +46,18 @@ const TERMS_PER_INSERT: usize = 500;
 /// How long a write waits for another connection's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long a start (`migrate`) waits for the write lock to finish a bulk
-/// load's pending work. Longer than any batch or bookkeeping write; a
-/// bulk load still running in another process holds the lock for whole
-/// files, and builds the indexes itself when it ends.
-const START_LOCK_WAIT: Duration = Duration::from_secs(2);
-
 /// Puts back the pool's settings on a connection that changed some (`sql`)
 /// and always the busy timeout, before it returns to the pool; one on which
 /// that fails is closed instead, so the pool never hands out a connection
 /// that gives up at once on a lock or sorts in files.
 async fn restore_settings(mut conn: sqlx::pool::PoolConnection<Sqlite>, sql: &str) {
-    let restore = format!("{sql}; PRAGMA busy_timeout = {}", BUSY_TIMEOUT.as_millis());
-    if sqlx::query(restore.trim_start_matches("; "))
-        .execute(&mut *conn)
-        .await
-        .is_err()
-    {
+    let busy = format!("PRAGMA busy_timeout = {}", BUSY_TIMEOUT.as_millis());
+    let restore = if sql.is_empty() {
+        busy
+    } else {
+        format!("{sql}; {busy}")
+    };
+    if sqlx::query(&restore).execute(&mut *conn).await.is_err() {
         drop(conn.detach());
     }
 }
@@ -89,7 +84,7 @@ pub struct SqliteStore {
     totals: std::sync::Arc<crate::totals::TotalsCache>,
     /// Set between [`Store::begin_bulk_load`] and [`Store::end_bulk_load`]:
     /// upserts then leave `vulnerability_terms` to the final rebuild.
-    bulk: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    bulk: crate::bulk::Running,
 }
 
 /// Page cache per connection (KiB when negative), so at most 8 × 16 MiB
@@ -97,10 +92,6 @@ pub struct SqliteStore {
 /// spilling, which bulk loads (no secondary indexes) no longer need; at
 /// 100 000 CVEs 16 MiB imports as fast and `serve` held 700 MB with 64.
 const CACHE_SIZE: &str = "-16384";
-
-/// A bulk load drops secondary indexes only on a table this small: on a
-/// fuller one rebuilding them would cost more than it saves.
-const BULK_LOAD_MAX_ROWS: i64 = 10_000;
 
 /// Recomputes every filter term from the stored JSON lists (which hold the
 /// normalised terms the upsert writes, see `plan.rs`), in key order so the
@@ -243,7 +234,7 @@ impl SqliteStore {
                 .fetch_all(&mut *tx)
                 .await?;
         for (name, sql) in &pending {
-            let sql = sql.replacen("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1);
+            let sql = crate::bulk::idempotent(sql);
             // Our own statements, none with a `;` inside a literal.
             for statement in sql.split(';').filter(|s| !s.trim().is_empty()) {
                 sqlx::query(statement).execute(&mut *tx).await?;
@@ -516,8 +507,8 @@ impl Store for SqliteStore {
             .map_err(|e| StoreError::Migrate(e.to_string()))?;
         // A bulk load killed half-way: finish it now. Unless one is still
         // running in another process: that one finishes it when it ends.
-        if !self.bulk.load(std::sync::atomic::Ordering::Acquire) {
-            match self.finish_bulk_load(START_LOCK_WAIT).await {
+        if !self.bulk.is_on() {
+            match self.finish_bulk_load(crate::bulk::START_LOCK_WAIT).await {
                 Err(StoreError::Database(e)) if is_busy(&e) => tracing::warn!(
                     "indexes of a bulk load are pending while another process writes \
                      (an import); left to it"
@@ -540,7 +531,7 @@ impl Store for SqliteStore {
         let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM vulnerabilities")
             .fetch_one(&mut *tx)
             .await?;
-        if rows > BULK_LOAD_MAX_ROWS {
+        if rows > crate::bulk::MAX_ROWS {
             return Ok(false);
         }
         let indexes: Vec<(String, String)> = sqlx::query_as(
@@ -563,12 +554,12 @@ impl Store for SqliteStore {
         }
         note_terms_rebuild(&mut *tx).await?;
         tx.commit().await?;
-        self.bulk.store(true, std::sync::atomic::Ordering::Release);
+        self.bulk.start();
         Ok(true)
     }
 
     async fn end_bulk_load(&self) -> Result<()> {
-        if !self.bulk.swap(false, std::sync::atomic::Ordering::AcqRel) {
+        if !self.bulk.stop() {
             return Ok(());
         }
         // Also when another process already ran the pending work: rows
@@ -587,7 +578,7 @@ impl Store for SqliteStore {
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         Ok(Box::new(SqliteUpserts {
             tx,
-            bulk: self.bulk.load(std::sync::atomic::Ordering::Acquire),
+            bulk: self.bulk.is_on(),
             _written: self.totals.invalidate_when_done(),
         }))
     }
