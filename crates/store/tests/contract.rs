@@ -172,6 +172,39 @@ macro_rules! contract_tests {
     };
 }
 
+/// Instantiates each test that opens (and reopens) stores itself, from a
+/// database URL, once per backend: a fresh SQLite file, a new PostgreSQL
+/// database.
+macro_rules! url_contract_tests {
+    ($($name:ident),* $(,)?) => {
+        mod by_url {
+            mod sqlite {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        let dir = tempfile::tempdir().unwrap();
+                        let url = format!("sqlite://{}", dir.path().join("ot.db").display());
+                        crate::$name(url).await;
+                    }
+                )*
+            }
+            mod postgres {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        crate::harness::with_postgres_url(stringify!($name), crate::$name).await;
+                    }
+                )*
+            }
+        }
+    };
+}
+
+url_contract_tests!(
+    a_bulk_load_killed_half_way_is_completed_by_the_next_start,
+    a_start_during_a_bulk_load_leaves_the_indexes_to_it,
+);
+
 contract_tests!(
     migrate_twice_is_a_no_op,
     insert_then_get_returns_every_field,
@@ -2617,12 +2650,14 @@ async fn unreachable_postgres_is_a_clear_error_without_the_password() {
 async fn index_names(url: &str) -> Vec<String> {
     if url.starts_with("sqlite") {
         let pool = sqlx::SqlitePool::connect(url).await.unwrap();
-        sqlx::query_scalar(
+        let names = sqlx::query_scalar(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name",
         )
         .fetch_all(&pool)
         .await
-        .unwrap()
+        .unwrap();
+        pool.close().await;
+        names
     } else {
         let pool = sqlx::PgPool::connect(url).await.unwrap();
         let names = sqlx::query_scalar(
@@ -2692,38 +2727,6 @@ async fn a_start_during_a_bulk_load_leaves_the_indexes_to_it(url: String) {
         filtered(&other, |q| q.vendor = Some("paloaltonetworks".into())).await,
         ["CVE-2024-3400"]
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_start_during_a_bulk_load_leaves_the_indexes_to_it_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("ot.db").display());
-    a_start_during_a_bulk_load_leaves_the_indexes_to_it(url).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_start_during_a_bulk_load_leaves_the_indexes_to_it_postgres() {
-    harness::with_postgres_url(
-        "a_start_during_a_bulk_load_leaves_the_indexes_to_it",
-        a_start_during_a_bulk_load_leaves_the_indexes_to_it,
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn a_bulk_load_killed_half_way_is_completed_by_the_next_start_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("ot.db").display());
-    a_bulk_load_killed_half_way_is_completed_by_the_next_start(url).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bulk_load_killed_half_way_is_completed_by_the_next_start_postgres() {
-    harness::with_postgres_url(
-        "a_bulk_load_killed_half_way_is_completed_by_the_next_start",
-        a_bulk_load_killed_half_way_is_completed_by_the_next_start,
-    )
-    .await;
 }
 
 #[tokio::test]
