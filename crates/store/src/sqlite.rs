@@ -93,6 +93,9 @@ pub struct SqliteStore {
 /// 100 000 CVEs 16 MiB imports as fast and `serve` held 700 MB with 64.
 const CACHE_SIZE: &str = "-16384";
 
+/// Page size of the databases this store creates; see [`SqliteStore::connect`].
+const PAGE_SIZE: u32 = 16384;
+
 /// Recomputes every filter term from the stored JSON lists (which hold the
 /// normalised terms the upsert writes, see `plan.rs`), in key order so the
 /// WITHOUT ROWID table is appended to rather than split at random. Its
@@ -275,6 +278,12 @@ impl SqliteStore {
         let opts = SqliteConnectOptions::from_str(url).map_err(|e| invalid(e.to_string()))?;
         let opts = opts
             .create_if_missing(true)
+            // New databases only (an existing one keeps its page size).
+            // 16 KiB pages instead of 4 KiB hold a typical CVE row without
+            // overflow pages and quarter the page writes (two syscalls a
+            // page in the WAL, one more at the checkpoint): a first import
+            // of 300 000 CVEs took 14.5 s instead of 16.8-18.3 s.
+            .page_size(PAGE_SIZE)
             .journal_mode(SqliteJournalMode::Wal)
             // NORMAL is durable in WAL mode except on power loss, and much faster.
             .synchronous(SqliteSynchronous::Normal)

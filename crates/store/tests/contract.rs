@@ -2747,3 +2747,53 @@ async fn sqlite_creates_file_and_directories() {
     mem.upsert_cves(&fixtures(), now()).await.unwrap();
     assert_eq!(mem.list_cves(&all()).await.unwrap().total, 8);
 }
+
+/// New SQLite databases get 16 KiB pages (a first import writes a quarter
+/// of the pages it did with 4 KiB); a database made before that, with
+/// SQLite's default 4 KiB, keeps its pages and works as before.
+#[tokio::test]
+async fn sqlite_page_size_new_and_existing_databases() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+    use sqlx::ConnectOptions;
+
+    async fn page_size(path: &std::path::Path) -> i64 {
+        let mut conn = SqliteConnectOptions::new()
+            .filename(path)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let new = dir.path().join("new.db");
+    let store = openthreat_store::connect(&format!("sqlite://{}", new.display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    drop(store);
+    assert_eq!(page_size(&new).await, 16384);
+
+    let old = dir.path().join("old.db");
+    let conn = SqliteConnectOptions::new()
+        .filename(&old)
+        .create_if_missing(true)
+        .page_size(4096)
+        .journal_mode(SqliteJournalMode::Wal)
+        .connect()
+        .await
+        .unwrap();
+    drop(conn);
+    let store = openthreat_store::connect(&format!("sqlite://{}", old.display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    store.upsert_cves(&fixtures(), now()).await.unwrap();
+    assert_eq!(store.list_cves(&all()).await.unwrap().total, 8);
+    assert_eq!(search(&store, "openssh").await, ["CVE-2024-6387"]);
+    drop(store);
+    assert_eq!(page_size(&old).await, 4096);
+}
