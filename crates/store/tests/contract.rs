@@ -2797,3 +2797,50 @@ async fn sqlite_page_size_new_and_existing_databases() {
     drop(store);
     assert_eq!(page_size(&old).await, 4096);
 }
+
+/// PostgreSQL's search documents turn `-_./:@` into spaces (migration
+/// 20261126000005 does it with replace() instead of translate(), for
+/// speed): the documents must be the ones translate() gave, multibyte
+/// text included, or stored documents and new ones would disagree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_search_documents_split_words_as_before() {
+    harness::with_postgres_url("search_documents_split_words_as_before", |url| async move {
+        let store = openthreat_store::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        let texts = [
+            "CVE-2024-3400 a_b c.d e/f g:h i@j",
+            "Ünïcödé—dash 1.0.1/x_y@z: naïve-café",
+            "trailing-_./:@",
+            "",
+        ];
+        for text in texts {
+            let (new, old): (String, String) = sqlx::query_as(
+                "SELECT search_document($1, $1, $1, $1, $1, to_jsonb($1), to_jsonb($1))::text, \
+                   (setweight(to_tsvector('english', translate($1 || ' ' || $1 || ' ' || $1, \
+                      '-_./:@', '      ')), 'A') \
+                    || setweight(to_tsvector('english', translate($1 || ' ' || $1, \
+                      '-_./:@', '      ')), 'B') \
+                    || setweight(to_tsvector('english', translate(to_jsonb($1)::text \
+                      || ' ' || to_jsonb($1)::text, '-_./:@', '      ')), 'C'))::text",
+            )
+            .bind(text)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            assert_eq!(new, old, "{text:?}");
+        }
+        // A word joined to its neighbours by each separator is found alone.
+        let mut cve = fixture("CVE-2024-3400");
+        cve.description = "alpha-bravo_charlie.delta/echo:foxtrot@golf".into();
+        store.upsert_cves(&[cve], now()).await.unwrap();
+        store.index_search().await.unwrap();
+        for word in [
+            "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf",
+        ] {
+            assert_eq!(search(&store, word).await, ["CVE-2024-3400"], "{word}");
+        }
+        pool.close().await;
+    })
+    .await;
+}
