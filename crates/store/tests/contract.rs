@@ -202,6 +202,7 @@ macro_rules! url_contract_tests {
 
 url_contract_tests!(
     a_bulk_load_killed_half_way_is_completed_by_the_next_start,
+    a_bulk_load_killed_after_search_indexing_is_completed_by_the_next_start,
     a_start_during_a_bulk_load_leaves_the_indexes_to_it,
 );
 
@@ -2645,8 +2646,8 @@ async fn unreachable_postgres_is_a_clear_error_without_the_password() {
     assert!(!err.to_string().contains("hunter2"), "{err}");
 }
 
-/// The SQLite database's own index names (not the automatic ones).
-/// The names of the indexes a store's database holds.
+/// The names of the indexes a store's database holds (on SQLite, not the
+/// automatic ones).
 async fn index_names(url: &str) -> Vec<String> {
     if url.starts_with("sqlite") {
         let pool = sqlx::SqlitePool::connect(url).await.unwrap();
@@ -2699,6 +2700,43 @@ async fn a_bulk_load_killed_half_way_is_completed_by_the_next_start(url: String)
     assert!(index_names(&url).await.len() < before.len());
     store.end_bulk_load().await.unwrap();
     assert_eq!(index_names(&url).await, before);
+}
+
+/// A first import indexes its CVEs for search before its index builds
+/// (PostgreSQL then defers its search index to them, see `index_search`).
+/// Ended normally, the load builds them all; killed in between, the next
+/// start does.
+async fn a_bulk_load_killed_after_search_indexing_is_completed_by_the_next_start(url: String) {
+    let cves = synthetic(11_000);
+    let store = openthreat_store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let before = index_names(&url).await;
+
+    assert!(store.begin_bulk_load().await.unwrap());
+    store.upsert_cves(&cves[..5_000], now()).await.unwrap();
+    assert_eq!(store.index_search().await.unwrap(), 5_000);
+    assert!(index_names(&url).await.len() < before.len());
+    store.end_bulk_load().await.unwrap();
+    assert_eq!(index_names(&url).await, before);
+    assert_eq!(search(&store, "12345").await, ["CVE-2030-12345"]);
+
+    // Still small enough for a bulk load, and more new CVEs than indexed.
+    assert!(store.begin_bulk_load().await.unwrap());
+    store.upsert_cves(&cves[5_000..], now()).await.unwrap();
+    assert_eq!(store.index_search().await.unwrap(), 6_000);
+    // PostgreSQL's search index waits for the load's end with the others.
+    let during = index_names(&url).await;
+    assert!(
+        !during.iter().any(|n| n == "vulnerability_search_document"),
+        "{during:?}"
+    );
+    drop(store); // killed: no end_bulk_load
+
+    let store = openthreat_store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(index_names(&url).await, before);
+    assert_eq!(search(&store, "12345").await, ["CVE-2030-12345"]);
+    assert_eq!(search(&store, "20789").await, ["CVE-2030-20789"]);
 }
 
 /// A process that starts while another one's first import is running (a

@@ -356,6 +356,11 @@ impl Ingestor {
                 }
             };
         let mut result = op(&mut state).await;
+        // Search indexing first: a store may run part of it beside the
+        // bulk load's index builds (PostgreSQL's GIN index).
+        if matches!(source, Source::Nvd | Source::NvdFeed) {
+            self.index_search(&mut state).await;
+        }
         if bulk {
             self.progress.begin("building indexes", None);
             let t = Instant::now();
@@ -367,9 +372,6 @@ impl Ingestor {
             }
         }
         drop(heartbeat);
-        if matches!(source, Source::Nvd | Source::NvdFeed) {
-            self.index_search(&mut state).await;
-        }
         let duration = started.elapsed().as_secs_f64();
         let (status, error) = match &result {
             Ok(status) => (*status, None),
