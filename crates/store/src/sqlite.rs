@@ -212,11 +212,16 @@ impl SqliteStore {
         // Building indexes sorts whole columns. SQLite's sorter keeps a
         // page cache's worth in memory and, with temp_store = MEMORY, its
         // spilled runs too, so memory would grow with the table. For this
-        // work the runs go to temporary files. The sorts may also use a
-        // helper thread per spare core (SQLite's `threads`, off by default).
+        // work the runs go to temporary files, and are 4 MiB (the page
+        // cache's size, and the sorter's floor of 250 pages): at 300 000
+        // CVEs the builds took 3.6-3.9 s instead of 4.3-4.5 s with 16 MiB
+        // runs, and the import's peak RSS 126-136 MB instead of 165-192.
+        // The sorts may also use a helper thread per spare core (SQLite's
+        // `threads`, off by default).
         let helpers = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
         let set = sqlx::query(&format!(
-            "PRAGMA threads = {helpers}; PRAGMA temp_store = FILE; PRAGMA busy_timeout = {}",
+            "PRAGMA threads = {helpers}; PRAGMA temp_store = FILE; PRAGMA cache_size = -4096; \
+             PRAGMA busy_timeout = {}",
             lock_wait.as_millis()
         ))
         .execute(&mut *conn)
@@ -225,7 +230,13 @@ impl SqliteStore {
             Ok(_) => Self::run_bulk_pending(&mut conn).await,
             Err(e) => Err(e.into()),
         };
-        restore_settings(conn, "PRAGMA temp_store = MEMORY; PRAGMA threads = 0").await;
+        restore_settings(
+            conn,
+            &format!(
+                "PRAGMA temp_store = MEMORY; PRAGMA threads = 0; PRAGMA cache_size = {CACHE_SIZE}"
+            ),
+        )
+        .await;
         result
     }
 
