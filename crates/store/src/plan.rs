@@ -318,8 +318,13 @@ fn push_unique(list: &mut Vec<String>, value: String) {
 /// A fingerprint of everything the source said about a CVE, so that a
 /// re-import of the same record is recognised without comparing 30 columns.
 fn record_hash(cve: &Cve) -> String {
-    let bytes = serde_json::to_vec(cve).unwrap_or_default();
-    hex::encode(Sha256::digest(&bytes))
+    // The JSON goes straight into the hash (the same bytes as a buffer
+    // would hold, so stored fingerprints stay valid), not into a copy.
+    let mut hasher = Sha256::new();
+    if serde_json::to_writer(&mut hasher, cve).is_err() {
+        hasher = Sha256::new();
+    }
+    hex::encode(hasher.finalize())
 }
 
 /// Values the database cannot store faithfully are rejected per record, so
@@ -539,5 +544,29 @@ pub(crate) fn check_epss(id: &str, e: &Epss) -> crate::Result<()> {
         Err(crate::StoreError::InvalidInput(format!(
             "EPSS values for {id} are outside 0..1"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    /// Stored fingerprints are the SHA-256 of the record's JSON: computed
+    /// any other way, every stored CVE would look changed at the next
+    /// re-import and be rewritten.
+    #[test]
+    fn record_hash_is_the_sha256_of_the_records_json() {
+        let mut cve = Cve::new(
+            openthreat_core::CveId::parse("CVE-2024-6387").unwrap(),
+            "A signal handler race condition in sshd (\"regreSSHion\") — é.",
+            Utc.with_ymd_and_hms(2024, 7, 1, 13, 15, 0).unwrap(),
+        );
+        cve.vendors = vec!["openbsd".into()];
+        cve.affected_products = vec!["cpe:2.3:a:openbsd:openssh:*:*:*:*:*:*:*:*".into()];
+        let json = serde_json::to_vec(&cve).unwrap();
+        assert_eq!(record_hash(&cve), hex::encode(Sha256::digest(&json)));
+        cve.vendors.push("redhat".into());
+        assert_ne!(record_hash(&cve), hex::encode(Sha256::digest(&json)));
     }
 }

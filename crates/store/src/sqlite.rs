@@ -215,7 +215,7 @@ impl SqliteStore {
         // work the runs go to temporary files, and are 4 MiB (the page
         // cache's size, and the sorter's floor of 250 pages): at 300 000
         // CVEs the builds took 3.6-3.9 s instead of 4.3-4.5 s with 16 MiB
-        // runs, and the import's peak RSS 126-136 MB instead of 165-192.
+        // runs, and the import's peak RSS 116-155 MB instead of 161-188.
         // The sorts may also use a helper thread per spare core (SQLite's
         // `threads`, off by default).
         let helpers = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
