@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::{Result, StoreError};
+
 /// A bulk load drops secondary indexes only on a table this small: on a
 /// fuller one rebuilding them would cost more than it saves.
 pub(crate) const MAX_ROWS: i64 = 10_000;
@@ -15,6 +17,26 @@ pub(crate) const MAX_ROWS: i64 = 10_000;
 /// bulk load still running in another process holds them for whole files,
 /// and finishes its work itself when it ends.
 pub(crate) const START_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// What a start (`migrate`) makes of finishing a bulk load's pending work:
+/// when `held` says the locks were held by another process, a load is still
+/// running there and finishes the work itself when it ends, so the start
+/// goes on; any other error stops the start.
+pub(crate) fn leave_to_running_load(
+    finished: Result<()>,
+    held: impl FnOnce(&StoreError) -> bool,
+) -> Result<()> {
+    match finished {
+        Err(e) if held(&e) => {
+            tracing::warn!(
+                "indexes of a bulk load are pending while another process writes (an import); \
+                 left to it"
+            );
+            Ok(())
+        }
+        other => other,
+    }
+}
 
 /// A recorded `CREATE INDEX` made safe to run again (a second finisher, or
 /// an index a killed run had already built).

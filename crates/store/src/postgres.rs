@@ -123,6 +123,12 @@ async fn create_search_index(pool: &PgPool) -> Result<()> {
     Ok(())
 }
 
+/// How many connections the CPU-bound bulk statements (index builds,
+/// search documents) are spread over: one per core, at most 4 of the pool.
+fn connections_per_core() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4))
+}
+
 /// Records an index build for the end of the bulk load (or the next
 /// start), in the transaction that drops the index.
 async fn note_bulk_pending(
@@ -239,7 +245,7 @@ impl PgStore {
             sqlx::query_as("SELECT name, sql FROM bulk_load_pending ORDER BY name")
                 .fetch_all(&mut *lock)
                 .await?;
-        let builders = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
+        let builders = connections_per_core();
         futures::stream::iter(pending.into_iter().map(Ok))
             .try_for_each_concurrent(builders, |(name, sql)| async move {
                 let mut tx = self.pool.begin().await?;
@@ -454,20 +460,14 @@ impl Store for PgStore {
         // A bulk load killed half-way: finish it now. Unless one is still
         // running in another process: that one finishes it when it ends.
         if !self.bulk.is_on() {
-            match self
-                .finish_bulk_load(Some(crate::bulk::START_LOCK_WAIT))
-                .await
-            {
-                Err(StoreError::Database(sqlx::Error::Database(e)))
-                    if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) =>
-                {
-                    tracing::warn!(
-                        "indexes of a bulk load are pending while another process writes \
-                         (an import); left to it"
-                    )
-                }
-                other => other?,
-            }
+            crate::bulk::leave_to_running_load(
+                self.finish_bulk_load(Some(crate::bulk::START_LOCK_WAIT))
+                    .await,
+                |e| {
+                    matches!(e, StoreError::Database(sqlx::Error::Database(e))
+                        if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE))
+                },
+            )?;
         }
         // A bulk index_search killed between dropping and rebuilding the
         // index, outside a bulk load (inside one, the index is among the
@@ -822,9 +822,7 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        let parts = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .clamp(1, 4) as i64;
+        let parts = connections_per_core() as i64;
         let step = (last - first) / parts + 1;
         let chunks = (0..parts).map(|i| {
             let lo = first + i * step;

@@ -530,13 +530,10 @@ impl Store for SqliteStore {
         // A bulk load killed half-way: finish it now. Unless one is still
         // running in another process: that one finishes it when it ends.
         if !self.bulk.is_on() {
-            match self.finish_bulk_load(crate::bulk::START_LOCK_WAIT).await {
-                Err(StoreError::Database(e)) if is_busy(&e) => tracing::warn!(
-                    "indexes of a bulk load are pending while another process writes \
-                     (an import); left to it"
-                ),
-                other => other?,
-            }
+            crate::bulk::leave_to_running_load(
+                self.finish_bulk_load(crate::bulk::START_LOCK_WAIT).await,
+                |e| matches!(e, StoreError::Database(e) if is_busy(e)),
+            )?;
         }
         Ok(())
     }
