@@ -135,43 +135,42 @@ impl VulnerabilityRow {
     }
 }
 
-/// The column list of `vulnerabilities` in the order [`row_from!`] reads it.
+/// The column list of `vulnerabilities` in the order [`row_from!`] reads it
+/// (by position: looking 41 names up in every row of a page was a measurable
+/// part of an uncached list request). The wide lists come last so that a
+/// summary listing is a prefix of it, [`SUMMARY_COLUMNS`].
 /// `references` is a reserved word in SQL, hence the quotes.
 pub(crate) const VULN_COLUMNS: &str = "id, cve_id, title, description, cvss_score, cvss_vector, \
     cvss_version, severity, published_at, modified_at, vuln_status, exploited_in_the_wild, \
     cisa_due_date, kev_date_added, kev_required_action, kev_ransomware_use, \
-    kev_vulnerability_name, epss_score, epss_percentile, epss_date, cwe_ids, affected_products, \
-    vendors, products, \"references\", sources, source_tags, priority_score, priority, \
-    simple_title, simple_description, recommended_action, llm_processed, llm_processed_at, \
-    llm_model, llm_error, llm_attempts, llm_input_hash, llm_claimed_until, created_at, updated_at";
+    kev_vulnerability_name, epss_score, epss_percentile, epss_date, sources, priority_score, \
+    priority, simple_title, simple_description, recommended_action, llm_processed, \
+    llm_processed_at, llm_model, llm_error, llm_attempts, llm_input_hash, llm_claimed_until, \
+    created_at, updated_at, \
+    cwe_ids, affected_products, vendors, products, \"references\", source_tags";
 
-/// [`VULN_COLUMNS`] for a [`crate::ListQuery::summary`] listing: the wide
-/// lists replaced by `empty` (the backend's empty JSON array literal), so
-/// the rows still decode with [`row_from!`]. Each backend builds it once.
-pub(crate) fn summary_columns(empty: &str) -> String {
-    const WIDE: [&str; 6] = [
-        "cwe_ids",
-        "affected_products",
-        "vendors",
-        "products",
-        "\"references\"",
-        "source_tags",
-    ];
+/// How many of [`VULN_COLUMNS`] come before the wide lists.
+pub(crate) const NARROW_COLUMN_COUNT: usize = 35;
+
+/// [`VULN_COLUMNS`] for a [`crate::ListQuery::summary`] listing: without the
+/// wide lists, which [`row_from!`] then leaves empty. They are most of a
+/// row's bytes, and a list page never shows them.
+pub(crate) static SUMMARY_COLUMNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     VULN_COLUMNS
         .split(',')
+        .take(NARROW_COLUMN_COUNT)
         .map(str::trim)
-        .map(|c| {
-            if WIDE.contains(&c) {
-                format!("{empty} AS {c}")
-            } else {
-                c.to_string()
-            }
-        })
         .collect::<Vec<_>>()
         .join(", ")
-}
+});
 
-/// Builds a [`VulnerabilityRow`] from a `PgRow` or a `SqliteRow`.
+/// Builds a [`VulnerabilityRow`] from a `PgRow` or a `SqliteRow` selected
+/// with [`VULN_COLUMNS`] or [`SUMMARY_COLUMNS`].
+///
+/// Columns are read by position, in the order the struct literal below
+/// lists them (Rust evaluates a struct expression's fields in source order),
+/// which is the order of [`VULN_COLUMNS`]. A row with only the narrow
+/// columns gets empty wide lists.
 ///
 /// A macro rather than a generic function because the two row types share
 /// method names but the trait bounds to express "decodable on either" would
@@ -183,57 +182,75 @@ macro_rules! row_from {
         use sqlx::types::Json;
         use sqlx::Row as _;
         let row = $row;
-        let severity: String = row.try_get("severity")?;
-        let priority: String = row.try_get("priority")?;
-        let json = |name: &str| -> Result<Vec<String>, sqlx::Error> {
-            let Json(v): Json<Vec<String>> = row.try_get(name)?;
+        let wide = row.len() > $crate::models::NARROW_COLUMN_COUNT;
+        let mut at = 0usize;
+        let mut next = || {
+            at += 1;
+            at - 1
+        };
+        let strings = |index: usize| -> Result<Vec<String>, sqlx::Error> {
+            if !wide {
+                return Ok(Vec::new());
+            }
+            let Json(v): Json<Vec<String>> = row.try_get(index)?;
             Ok(v)
         };
-        let Json(references): Json<Vec<openthreat_core::Reference>> = row.try_get("references")?;
         $crate::models::VulnerabilityRow {
-            id: row.try_get("id")?,
-            cve_id: row.try_get("cve_id")?,
-            title: row.try_get("title")?,
-            description: row.try_get("description")?,
-            cvss_score: row.try_get("cvss_score")?,
-            cvss_vector: row.try_get("cvss_vector")?,
-            cvss_version: row.try_get("cvss_version")?,
-            severity: severity
+            id: row.try_get(next())?,
+            cve_id: row.try_get(next())?,
+            title: row.try_get(next())?,
+            description: row.try_get(next())?,
+            cvss_score: row.try_get(next())?,
+            cvss_vector: row.try_get(next())?,
+            cvss_version: row.try_get(next())?,
+            severity: row
+                .try_get::<String, _>(next())?
                 .parse()
                 .unwrap_or(openthreat_core::Severity::Unknown),
-            published_at: row.try_get("published_at")?,
-            modified_at: row.try_get("modified_at")?,
-            vuln_status: row.try_get("vuln_status")?,
-            exploited_in_the_wild: row.try_get("exploited_in_the_wild")?,
-            cisa_due_date: row.try_get("cisa_due_date")?,
-            kev_date_added: row.try_get("kev_date_added")?,
-            kev_required_action: row.try_get("kev_required_action")?,
-            kev_ransomware_use: row.try_get("kev_ransomware_use")?,
-            kev_vulnerability_name: row.try_get("kev_vulnerability_name")?,
-            epss_score: row.try_get("epss_score")?,
-            epss_percentile: row.try_get("epss_percentile")?,
-            epss_date: row.try_get("epss_date")?,
-            cwe_ids: json("cwe_ids")?,
-            affected_products: json("affected_products")?,
-            vendors: json("vendors")?,
-            products: json("products")?,
-            references,
-            sources: json("sources")?,
-            source_tags: json("source_tags")?,
-            priority_score: row.try_get("priority_score")?,
-            priority: priority.parse().unwrap_or(openthreat_core::Priority::Low),
-            simple_title: row.try_get("simple_title")?,
-            simple_description: row.try_get("simple_description")?,
-            recommended_action: row.try_get("recommended_action")?,
-            llm_processed: row.try_get("llm_processed")?,
-            llm_processed_at: row.try_get("llm_processed_at")?,
-            llm_model: row.try_get("llm_model")?,
-            llm_error: row.try_get("llm_error")?,
-            llm_attempts: row.try_get("llm_attempts")?,
-            llm_input_hash: row.try_get("llm_input_hash")?,
-            llm_claimed_until: row.try_get("llm_claimed_until")?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
+            published_at: row.try_get(next())?,
+            modified_at: row.try_get(next())?,
+            vuln_status: row.try_get(next())?,
+            exploited_in_the_wild: row.try_get(next())?,
+            cisa_due_date: row.try_get(next())?,
+            kev_date_added: row.try_get(next())?,
+            kev_required_action: row.try_get(next())?,
+            kev_ransomware_use: row.try_get(next())?,
+            kev_vulnerability_name: row.try_get(next())?,
+            epss_score: row.try_get(next())?,
+            epss_percentile: row.try_get(next())?,
+            epss_date: row.try_get(next())?,
+            sources: {
+                let Json(v): Json<Vec<String>> = row.try_get(next())?;
+                v
+            },
+            priority_score: row.try_get(next())?,
+            priority: row
+                .try_get::<String, _>(next())?
+                .parse()
+                .unwrap_or(openthreat_core::Priority::Low),
+            simple_title: row.try_get(next())?,
+            simple_description: row.try_get(next())?,
+            recommended_action: row.try_get(next())?,
+            llm_processed: row.try_get(next())?,
+            llm_processed_at: row.try_get(next())?,
+            llm_model: row.try_get(next())?,
+            llm_error: row.try_get(next())?,
+            llm_attempts: row.try_get(next())?,
+            llm_input_hash: row.try_get(next())?,
+            llm_claimed_until: row.try_get(next())?,
+            created_at: row.try_get(next())?,
+            updated_at: row.try_get(next())?,
+            cwe_ids: strings(next())?,
+            affected_products: strings(next())?,
+            vendors: strings(next())?,
+            products: strings(next())?,
+            references: if wide {
+                let Json(v): Json<Vec<openthreat_core::Reference>> = row.try_get(next())?;
+                v
+            } else {
+                Vec::new()
+            },
+            source_tags: strings(next())?,
         }
     }};
 }

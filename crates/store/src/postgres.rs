@@ -30,10 +30,6 @@ use crate::plan::{
 use crate::query::{escape_like, ListQuery, SortField};
 use crate::{SeverityDistribution, Store, LLM_MAX_ATTEMPTS};
 
-/// The columns of a summary listing, built once.
-static SUMMARY_COLUMNS: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| crate::models::summary_columns("'[]'::jsonb"));
-
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Rows per UNNEST statement; bounds the size of one message to the server.
@@ -701,7 +697,7 @@ impl Store for PgStore {
             .await?;
 
         let columns = if query.summary {
-            SUMMARY_COLUMNS.as_str()
+            crate::models::SUMMARY_COLUMNS.as_str()
         } else {
             VULN_COLUMNS
         };

@@ -32,10 +32,6 @@ use crate::plan::{
 use crate::query::{escape_like, ListQuery};
 use crate::{SeverityDistribution, Store, LLM_MAX_ATTEMPTS};
 
-/// The columns of a summary listing, built once.
-static SUMMARY_COLUMNS: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| crate::models::summary_columns("'[]'"));
-
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Rows per multi-row INSERT: 31 parameters each stays far below SQLite's
@@ -752,7 +748,7 @@ impl Store for SqliteStore {
             .await?;
 
         let columns = if query.summary {
-            SUMMARY_COLUMNS.as_str()
+            crate::models::SUMMARY_COLUMNS.as_str()
         } else {
             VULN_COLUMNS
         };
