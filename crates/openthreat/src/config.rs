@@ -55,6 +55,9 @@ impl fmt::Display for Secret {
 pub struct Config {
     /// Where CVEs live: `sqlite://...` or `postgres://...`.
     pub database_url: String,
+    /// Most connections this process opens to the database
+    /// (`OPENTHREAT_DB_POOL_SIZE`, 2..=1000; `None`: the backend's default).
+    pub db_pool_size: Option<u32>,
     /// Redis, when the deployment uses it (queue and results default to it).
     pub redis_url: Option<String>,
     /// The task broker: `CELERY_BROKER_URL`, else `REDIS_URL`, else the embedded SQLite queue.
@@ -141,6 +144,21 @@ impl Config {
             }
             None => sqlite_url(&data_dir.join(DEFAULT_DB_FILE)),
         };
+        let db_pool_size = match get("OPENTHREAT_DB_POOL_SIZE") {
+            Some(v) => Some(
+                v.parse::<u32>()
+                    .ok()
+                    .filter(|n| (openthreat_store::MIN_POOL_SIZE..=1000).contains(n))
+                    .ok_or_else(|| ConfigError::Invalid {
+                        var: "OPENTHREAT_DB_POOL_SIZE",
+                        problem: format!(
+                            "{v:?} is not a number of connections from {} to 1000",
+                            openthreat_store::MIN_POOL_SIZE
+                        ),
+                    })?,
+            ),
+            None => None,
+        };
         let redis_url = get("REDIS_URL");
         if let Some(url) = &redis_url {
             check_url("REDIS_URL", url, &["redis", "rediss"])?;
@@ -211,6 +229,7 @@ impl Config {
         };
         Ok(Config {
             database_url,
+            db_pool_size,
             redis_url,
             broker_url,
             result_backend_url,
@@ -275,6 +294,7 @@ impl fmt::Debug for Config {
         // Hand-written so that passwords in URLs and API keys never reach a log line.
         f.debug_struct("Config")
             .field("database_url", &redact_url(&self.database_url))
+            .field("db_pool_size", &self.db_pool_size)
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
             .field("broker_url", &redact_url(&self.broker_url))
             .field("result_backend_url", &redact_url(&self.result_backend_url))
@@ -388,6 +408,22 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn database_pool_size_is_bounded_and_named_when_wrong() {
+        assert_eq!(cfg(&[]).unwrap().db_pool_size, None);
+        let c = cfg(&[("OPENTHREAT_DB_POOL_SIZE", " 4 ")]).unwrap();
+        assert_eq!(c.db_pool_size, Some(4));
+        for bad in ["1", "0", "1001", "four", "-3"] {
+            let err = cfg(&[("OPENTHREAT_DB_POOL_SIZE", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("OPENTHREAT_DB_POOL_SIZE") && err.contains("from 2 to 1000"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

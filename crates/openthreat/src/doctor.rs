@@ -77,17 +77,18 @@ pub async fn check_database(config: &Config) -> Check {
         }
     }
     let result = tokio::time::timeout(TIMEOUT, async {
-        let store = openthreat_store::connect(&config.database_url).await?;
+        let store =
+            openthreat_store::connect_with(&config.database_url, config.db_pool_size).await?;
         store.ping().await?;
-        Ok::<_, openthreat_store::StoreError>(store.backend())
+        Ok::<_, openthreat_store::StoreError>((store.backend(), store.pool_size()))
     })
     .await;
     match result {
-        Ok(Ok(backend)) => Check {
+        Ok(Ok((backend, pool))) => Check {
             name,
             status: Status::Ok,
             target,
-            detail: format!("{backend:?} reachable"),
+            detail: format!("{backend:?} reachable; this process opens up to {pool} connections"),
             fix: None,
         },
         Ok(Err(e)) => Check {

@@ -15,7 +15,7 @@ use crate::config::{redact_url, Config};
 /// a fresh install needs no separate `migrate` step before `worker` or `run`.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let target = redact_url(&config.database_url);
-    let store = openthreat_store::connect(&config.database_url)
+    let store = openthreat_store::connect_with(&config.database_url, config.db_pool_size)
         .await
         .with_context(|| format!("DATABASE_URL {target}"))?;
     store

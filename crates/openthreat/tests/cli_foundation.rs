@@ -55,15 +55,34 @@ fn migrate_works_on_a_fresh_postgres_database() {
         );
         assert!(out.status.success(), "{}", text(&out));
     }
-    let out = openthreat(
-        dir.path(),
-        &[("DATABASE_URL", &db.url), NO_OLLAMA],
-        &["doctor", "--json"],
+    let doctor = |pool: Option<&str>| {
+        let mut env = vec![("DATABASE_URL", db.url.as_str()), NO_OLLAMA];
+        env.extend(pool.map(|p| ("OPENTHREAT_DB_POOL_SIZE", p)));
+        let out = openthreat(dir.path(), &env, &["doctor", "--json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let checks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(checks[0]["name"], "database");
+        assert_eq!(checks[0]["status"], "ok");
+        checks[0]["detail"].as_str().unwrap().to_string()
+    };
+    // The pool's size reaches the store: PostgreSQL's default, or the setting.
+    assert!(
+        doctor(None).contains("up to 16 connections"),
+        "{}",
+        doctor(None)
     );
-    assert!(out.status.success(), "{}", text(&out));
-    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(checks[0]["name"], "database");
-    assert_eq!(checks[0]["status"], "ok");
+    assert!(doctor(Some("3")).contains("up to 3 connections"));
+    let bad = openthreat(
+        dir.path(),
+        &[("OPENTHREAT_DB_POOL_SIZE", "1"), NO_OLLAMA],
+        &["migrate"],
+    );
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    assert!(
+        text(&bad).contains("OPENTHREAT_DB_POOL_SIZE"),
+        "{}",
+        text(&bad)
+    );
 }
 
 #[test]

@@ -93,11 +93,30 @@ pub const LLM_MAX_ATTEMPTS: i32 = 3;
 /// an error naming the problem, with any password redacted. Migrations are
 /// not applied here: call [`Store::migrate`].
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    connect_with(url, None).await
+}
+
+/// The fewest connections a store's pool may have: some work holds one
+/// connection (a lock) while it waits for another.
+pub const MIN_POOL_SIZE: u32 = 2;
+
+/// [`connect`] with at most `pool_size` connections to the database
+/// (`None`: the backend's `DEFAULT_POOL_SIZE`, 8 for SQLite and 16 for
+/// PostgreSQL; values below [`MIN_POOL_SIZE`] count as that). Many workers sharing one
+/// PostgreSQL server need a smaller pool each, or they exhaust its
+/// `max_connections` (100 by default).
+pub async fn connect_with(url: &str, pool_size: Option<u32>) -> Result<Arc<dyn Store>> {
     let trimmed = url.trim();
     let scheme = trimmed.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
+    let pool_size = pool_size.map(|n| n.max(MIN_POOL_SIZE));
     match scheme.as_deref() {
-        Some("sqlite") => Ok(Arc::new(SqliteStore::connect(trimmed).await?)),
-        Some("postgres" | "postgresql") => Ok(Arc::new(PgStore::connect(trimmed).await?)),
+        Some("sqlite") => Ok(Arc::new(
+            SqliteStore::connect_with(trimmed, pool_size.unwrap_or(SqliteStore::DEFAULT_POOL_SIZE))
+                .await?,
+        )),
+        Some("postgres" | "postgresql") => Ok(Arc::new(
+            PgStore::connect_with(trimmed, pool_size.unwrap_or(PgStore::DEFAULT_POOL_SIZE)).await?,
+        )),
         Some(other) => Err(StoreError::InvalidUrl {
             url: redact_url(trimmed),
             reason: format!(
@@ -130,6 +149,10 @@ pub trait UpsertBatches: Send {
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Which database this is.
     fn backend(&self) -> Backend;
+
+    /// The most connections this store opens (`OPENTHREAT_DB_POOL_SIZE`),
+    /// for `doctor` to show what an operator configured.
+    fn pool_size(&self) -> u32;
 
     /// Applies the embedded migrations. Idempotent.
     async fn migrate(&self) -> Result<()>;

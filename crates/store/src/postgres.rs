@@ -170,8 +170,16 @@ const BULK_LOAD_LOCK: i64 = 0x6f74_6275_6c6b_6c64;
 const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 impl PgStore {
+    /// Connections of the pool unless configured.
+    pub const DEFAULT_POOL_SIZE: u32 = 16;
+
     /// Connects to the PostgreSQL database at `url` (`postgres://...`).
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, Self::DEFAULT_POOL_SIZE).await
+    }
+
+    /// [`PgStore::connect`] with a pool of at most `pool_size` connections.
+    pub async fn connect_with(url: &str, pool_size: u32) -> Result<Self> {
         let opts = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::InvalidUrl {
                 url: redact_url(url),
@@ -179,7 +187,7 @@ impl PgStore {
             })?
             .log_slow_statements(crate::SLOW_STATEMENT_LEVEL, crate::SLOW_STATEMENT);
         let pool = PgPoolOptions::new()
-            .max_connections(16)
+            .max_connections(pool_size)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts)
             .await
@@ -446,6 +454,10 @@ fn push_filters(qb: &mut QueryBuilder<'_, Postgres>, q: &ListQuery, text: bool) 
 impl Store for PgStore {
     fn backend(&self) -> Backend {
         Backend::Postgres
+    }
+
+    fn pool_size(&self) -> u32 {
+        self.pool.options().get_max_connections()
     }
 
     async fn migrate(&self) -> Result<()> {

@@ -275,9 +275,18 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Connections of the pool unless configured: reads run side by side,
+    /// writes take turns at SQLite's one write lock anyway.
+    pub const DEFAULT_POOL_SIZE: u32 = 8;
+
     /// Opens (creating when missing) the SQLite database at `url`
     /// (`sqlite:path`, `sqlite://path` or `sqlite::memory:`).
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, Self::DEFAULT_POOL_SIZE).await
+    }
+
+    /// [`SqliteStore::connect`] with a pool of at most `pool_size` connections.
+    pub async fn connect_with(url: &str, pool_size: u32) -> Result<Self> {
         let invalid = |reason: String| StoreError::InvalidUrl {
             url: redact_url(url),
             reason,
@@ -327,7 +336,7 @@ impl SqliteStore {
             }
         }
         let mut pool = SqlitePoolOptions::new()
-            .max_connections(8)
+            .max_connections(pool_size)
             .acquire_timeout(Duration::from_secs(30));
         if in_memory {
             // An in-memory database lives as long as one connection to it.
@@ -517,6 +526,10 @@ fn push_filters(qb: &mut QueryBuilder<'_, Sqlite>, q: &ListQuery, text: bool) {
 impl Store for SqliteStore {
     fn backend(&self) -> Backend {
         Backend::Sqlite
+    }
+
+    fn pool_size(&self) -> u32 {
+        self.pool.options().get_max_connections()
     }
 
     async fn migrate(&self) -> Result<()> {

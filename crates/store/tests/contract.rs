@@ -201,6 +201,7 @@ macro_rules! url_contract_tests {
 }
 
 url_contract_tests!(
+    the_smallest_pool_does_every_kind_of_work_within_its_size,
     a_bulk_load_killed_half_way_is_completed_by_the_next_start,
     a_bulk_load_killed_after_search_indexing_is_completed_by_the_next_start,
     a_start_during_a_bulk_load_leaves_the_indexes_to_it,
@@ -2669,6 +2670,58 @@ async fn index_names(url: &str) -> Vec<String> {
         .unwrap();
         pool.close().await;
         names
+    }
+}
+
+/// `OPENTHREAT_DB_POOL_SIZE` at its minimum: a bulk load (whose index
+/// builds and PostgreSQL search documents otherwise use one connection per
+/// core, while a lock is held on another), search and concurrent readers
+/// all finish, and PostgreSQL never sees more connections than allowed.
+async fn the_smallest_pool_does_every_kind_of_work_within_its_size(url: String) {
+    let size = openthreat_store::MIN_POOL_SIZE;
+    let store = openthreat_store::connect_with(&url, Some(size))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let work = async {
+        assert!(store.begin_bulk_load().await.unwrap());
+        store.upsert_cves(&synthetic(6_000), now()).await.unwrap();
+        store.upsert_cves(&fixtures(), now()).await.unwrap();
+        assert_eq!(
+            store.index_search().await.unwrap(),
+            6_000 + fixtures().len() as u64
+        );
+        store.end_bulk_load().await.unwrap();
+        let readers = (0..8).map(|i| {
+            let store = store.clone();
+            async move {
+                let mut q = all();
+                q.q = Some(if i % 2 == 0 { "widget" } else { "pan-os" }.into());
+                q.page = 1 + i;
+                store.list_cves(&q).await.unwrap().total
+            }
+        });
+        futures::future::join_all(readers).await
+    };
+    let totals = tokio::time::timeout(std::time::Duration::from_secs(120), work)
+        .await
+        .expect("no work waits for ever on a pool of two connections");
+    assert_eq!(totals[0], 6_000);
+    assert_eq!(totals[1], 1);
+    if !url.starts_with("sqlite") {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        assert!(
+            (1..=i64::from(size)).contains(&open),
+            "{open} connections open"
+        );
     }
 }
 
