@@ -621,3 +621,32 @@ pub(crate) fn fill_days(
 pub(crate) fn seconds_between(start: DateTime<Utc>, end: DateTime<Utc>) -> f64 {
     (end - start).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `row_from!` reads by position: the wide lists must be exactly the
+    /// columns after the narrow prefix, and a summary exactly that prefix.
+    #[test]
+    fn summary_columns_are_the_narrow_prefix_of_the_column_list() {
+        let all: Vec<&str> = VULN_COLUMNS.split(',').map(str::trim).collect();
+        let mut unique = all.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), all.len(), "a column listed twice");
+        assert_eq!(
+            all[NARROW_COLUMN_COUNT..],
+            [
+                "cwe_ids",
+                "affected_products",
+                "vendors",
+                "products",
+                "\"references\"",
+                "source_tags"
+            ]
+        );
+        let summary: Vec<&str> = SUMMARY_COLUMNS.split(", ").collect();
+        assert_eq!(summary, all[..NARROW_COLUMN_COUNT]);
+    }
+}
