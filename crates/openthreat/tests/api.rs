@@ -1539,6 +1539,32 @@ async fn security_headers_cors_request_ids_and_limits() {
     let a = get(&t.router, &format!("/api/v1/search?q={}", "x".repeat(5000))).await;
     assert_eq!(a.status, StatusCode::URI_TOO_LONG);
     assert_eq!(a.json()["code"], "uri_too_long");
+    // A body over the limit is refused before the route starts anything,
+    // even where the route reads no body.
+    let big = "x".repeat(openthreat::api::BODY_LIMIT + 1);
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/tasks/process-new-cves")
+        .header("x-api-key", KEY)
+        .header("content-length", big.len().to_string())
+        .body(Body::from(big))
+        .unwrap();
+    req.extensions_mut()
+        .insert(ConnectInfo(REMOTE.parse::<SocketAddr>().unwrap()));
+    let sent_before = t.gateway.sent.lock().unwrap().len();
+    let res = t.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["code"], "payload_too_large");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("at most 65536 bytes"),
+        "{body}"
+    );
+    assert_eq!(t.gateway.sent.lock().unwrap().len(), sent_before);
     let a = call(
         &t.router,
         Method::GET,

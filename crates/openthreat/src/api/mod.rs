@@ -321,7 +321,7 @@ pub fn app(state: AppState) -> Router {
             metrics::record,
         ))
         .layer(middleware::from_fn(error::finish_server_errors))
-        .layer(middleware::from_fn(limit_uri));
+        .layer(middleware::from_fn(limit_input));
     let x_request_id = HeaderName::from_static("x-request-id");
     router
         .layer(
@@ -384,13 +384,29 @@ fn cors_layer(settings: &ApiSettings) -> CorsLayer {
         ])
 }
 
-/// Refuses absurdly long query strings before any extractor parses them.
-async fn limit_uri(request: Request, next: Next) -> Response {
+/// Refuses absurdly long query strings before any extractor parses them,
+/// and bodies announced over [`BODY_LIMIT`] before any handler runs: no
+/// route takes more (parameters are in the query), and a handler that does
+/// not read its body would otherwise accept any size without a word.
+async fn limit_input(request: Request, next: Next) -> Response {
     if request.uri().query().map_or(0, str::len) > MAX_QUERY_LEN {
         return ApiError::new(
             StatusCode::URI_TOO_LONG,
             "uri_too_long",
             format!("query string: at most {MAX_QUERY_LEN} bytes"),
+        )
+        .into_response();
+    }
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(length) = announced.filter(|&n| n > BODY_LIMIT as u64) {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body: at most {BODY_LIMIT} bytes, got {length}"),
         )
         .into_response();
     }
