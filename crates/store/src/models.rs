@@ -178,8 +178,21 @@ pub(crate) static SUMMARY_COLUMNS: std::sync::LazyLock<String> = std::sync::Lazy
 /// (PostgreSQL natively, SQLite as RFC 3339 text and JSON text), which sqlx
 /// decodes into the same Rust types.
 macro_rules! row_from {
+    // A JSON list column; its element type comes from the field.
+    (@json $row:ident, $index:expr) => {{
+        let sqlx::types::Json(v) = $row.try_get($index)?;
+        v
+    }};
+    // A wide list: empty when the row is a summary's narrow prefix.
+    (@wide $row:ident, $wide:ident, $index:expr) => {{
+        let index = $index;
+        if $wide {
+            $crate::models::row_from!(@json $row, index)
+        } else {
+            Vec::new()
+        }
+    }};
     ($row:expr) => {{
-        use sqlx::types::Json;
         use sqlx::Row as _;
         let row = $row;
         let wide = row.len() > $crate::models::NARROW_COLUMN_COUNT;
@@ -187,13 +200,6 @@ macro_rules! row_from {
         let mut next = || {
             at += 1;
             at - 1
-        };
-        let strings = |index: usize| -> Result<Vec<String>, sqlx::Error> {
-            if !wide {
-                return Ok(Vec::new());
-            }
-            let Json(v): Json<Vec<String>> = row.try_get(index)?;
-            Ok(v)
         };
         $crate::models::VulnerabilityRow {
             id: row.try_get(next())?,
@@ -219,10 +225,7 @@ macro_rules! row_from {
             epss_score: row.try_get(next())?,
             epss_percentile: row.try_get(next())?,
             epss_date: row.try_get(next())?,
-            sources: {
-                let Json(v): Json<Vec<String>> = row.try_get(next())?;
-                v
-            },
+            sources: $crate::models::row_from!(@json row, next()),
             priority_score: row.try_get(next())?,
             priority: row
                 .try_get::<String, _>(next())?
@@ -240,17 +243,12 @@ macro_rules! row_from {
             llm_claimed_until: row.try_get(next())?,
             created_at: row.try_get(next())?,
             updated_at: row.try_get(next())?,
-            cwe_ids: strings(next())?,
-            affected_products: strings(next())?,
-            vendors: strings(next())?,
-            products: strings(next())?,
-            references: if wide {
-                let Json(v): Json<Vec<openthreat_core::Reference>> = row.try_get(next())?;
-                v
-            } else {
-                Vec::new()
-            },
-            source_tags: strings(next())?,
+            cwe_ids: $crate::models::row_from!(@wide row, wide, next()),
+            affected_products: $crate::models::row_from!(@wide row, wide, next()),
+            vendors: $crate::models::row_from!(@wide row, wide, next()),
+            products: $crate::models::row_from!(@wide row, wide, next()),
+            references: $crate::models::row_from!(@wide row, wide, next()),
+            source_tags: $crate::models::row_from!(@wide row, wide, next()),
         }
     }};
 }
