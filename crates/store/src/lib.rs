@@ -102,20 +102,20 @@ pub const MIN_POOL_SIZE: u32 = 2;
 
 /// [`connect`] with at most `pool_size` connections to the database
 /// (`None`: the backend's `DEFAULT_POOL_SIZE`, 8 for SQLite and 16 for
-/// PostgreSQL; values below [`MIN_POOL_SIZE`] count as that). Many workers sharing one
-/// PostgreSQL server need a smaller pool each, or they exhaust its
-/// `max_connections` (100 by default).
+/// PostgreSQL; values below [`MIN_POOL_SIZE`] count as that). Many workers
+/// sharing one PostgreSQL server need a smaller pool each, or they exhaust
+/// its `max_connections` (100 by default).
 pub async fn connect_with(url: &str, pool_size: Option<u32>) -> Result<Arc<dyn Store>> {
     let trimmed = url.trim();
     let scheme = trimmed.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
     let pool_size = pool_size.map(|n| n.max(MIN_POOL_SIZE));
     match scheme.as_deref() {
         Some("sqlite") => Ok(Arc::new(
-            SqliteStore::connect_with(trimmed, pool_size.unwrap_or(SqliteStore::DEFAULT_POOL_SIZE))
+            SqliteStore::connect(trimmed, pool_size.unwrap_or(SqliteStore::DEFAULT_POOL_SIZE))
                 .await?,
         )),
         Some("postgres" | "postgresql") => Ok(Arc::new(
-            PgStore::connect_with(trimmed, pool_size.unwrap_or(PgStore::DEFAULT_POOL_SIZE)).await?,
+            PgStore::connect(trimmed, pool_size.unwrap_or(PgStore::DEFAULT_POOL_SIZE)).await?,
         )),
         Some(other) => Err(StoreError::InvalidUrl {
             url: redact_url(trimmed),

@@ -174,12 +174,8 @@ impl PgStore {
     pub const DEFAULT_POOL_SIZE: u32 = 16;
 
     /// Connects to the PostgreSQL database at `url` (`postgres://...`).
-    pub async fn connect(url: &str) -> Result<Self> {
-        Self::connect_with(url, Self::DEFAULT_POOL_SIZE).await
-    }
-
-    /// [`PgStore::connect`] with a pool of at most `pool_size` connections.
-    pub async fn connect_with(url: &str, pool_size: u32) -> Result<Self> {
+    /// The pool holds at most `pool_size` connections.
+    pub async fn connect(url: &str, pool_size: u32) -> Result<Self> {
         let opts = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::InvalidUrl {
                 url: redact_url(url),

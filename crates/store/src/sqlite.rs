@@ -281,12 +281,8 @@ impl SqliteStore {
 
     /// Opens (creating when missing) the SQLite database at `url`
     /// (`sqlite:path`, `sqlite://path` or `sqlite::memory:`).
-    pub async fn connect(url: &str) -> Result<Self> {
-        Self::connect_with(url, Self::DEFAULT_POOL_SIZE).await
-    }
-
-    /// [`SqliteStore::connect`] with a pool of at most `pool_size` connections.
-    pub async fn connect_with(url: &str, pool_size: u32) -> Result<Self> {
+    /// The pool holds at most `pool_size` connections.
+    pub async fn connect(url: &str, pool_size: u32) -> Result<Self> {
         let invalid = |reason: String| StoreError::InvalidUrl {
             url: redact_url(url),
             reason,
