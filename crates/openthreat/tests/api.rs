@@ -136,11 +136,23 @@ async fn call(
     peer: Option<&str>,
     headers: &[(&str, &str)],
 ) -> Answer {
+    send(router, method, uri, peer, headers, Body::empty()).await
+}
+
+/// [`call`] with a request body.
+async fn send(
+    router: &Router,
+    method: Method,
+    uri: &str,
+    peer: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Body,
+) -> Answer {
     let mut req = Request::builder().method(method).uri(uri);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let mut req = req.body(Body::empty()).unwrap();
+    let mut req = req.body(body).unwrap();
     if let Some(peer) = peer {
         let addr: SocketAddr = peer.parse().unwrap();
         req.extensions_mut().insert(ConnectInfo(addr));
@@ -1542,28 +1554,20 @@ async fn security_headers_cors_request_ids_and_limits() {
     // A body over the limit is refused before the route starts anything,
     // even where the route reads no body.
     let big = "x".repeat(openthreat::api::BODY_LIMIT + 1);
-    let mut req = Request::builder()
-        .method(Method::POST)
-        .uri("/api/v1/tasks/process-new-cves")
-        .header("x-api-key", KEY)
-        .header("content-length", big.len().to_string())
-        .body(Body::from(big))
-        .unwrap();
-    req.extensions_mut()
-        .insert(ConnectInfo(REMOTE.parse::<SocketAddr>().unwrap()));
+    let length = big.len().to_string();
     let sent_before = t.gateway.sent.lock().unwrap().len();
-    let res = t.router.clone().oneshot(req).await.unwrap();
-    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    let body: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(body["code"], "payload_too_large");
-    assert!(
-        body["detail"]
-            .as_str()
-            .unwrap()
-            .contains("at most 65536 bytes"),
-        "{body}"
-    );
+    let a = send(
+        &t.router,
+        Method::POST,
+        "/api/v1/tasks/process-new-cves",
+        Some(REMOTE),
+        &[("x-api-key", KEY), ("content-length", &length)],
+        Body::from(big),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(a.json()["code"], "payload_too_large");
+    assert!(a.detail().contains("at most 65536 bytes"), "{}", a.text());
     assert_eq!(t.gateway.sent.lock().unwrap().len(), sent_before);
     let a = call(
         &t.router,

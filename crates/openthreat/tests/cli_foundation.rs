@@ -66,12 +66,10 @@ fn migrate_works_on_a_fresh_postgres_database() {
         checks[0]["detail"].as_str().unwrap().to_string()
     };
     // The pool's size reaches the store: PostgreSQL's default, or the setting.
-    assert!(
-        doctor(None).contains("up to 16 connections"),
-        "{}",
-        doctor(None)
-    );
-    assert!(doctor(Some("3")).contains("up to 3 connections"));
+    let default = doctor(None);
+    assert!(default.contains("up to 16 connections"), "{default}");
+    let configured = doctor(Some("3"));
+    assert!(configured.contains("up to 3 connections"), "{configured}");
     let bad = openthreat(
         dir.path(),
         &[("OPENTHREAT_DB_POOL_SIZE", "1"), NO_OLLAMA],
