@@ -7,8 +7,8 @@
 //! the body carries the request id that the log line also shows, so an
 //! operator can find one from the other (see [`finish_server_errors`]).
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -265,40 +265,6 @@ where
                 e.body_text(),
             )),
             Err(other) => Err(ApiError::internal(other.body_text())),
-        }
-    }
-}
-
-/// `Json<T>` whose failures are [`ApiError`]s (422 for a body that does not
-/// fit, 415 without a JSON content type, 413 when over the body limit).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ApiJson<T>(pub T);
-
-impl<T, S> FromRequest<S> for ApiJson<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(e) => {
-                let status = e.status();
-                let code = match &e {
-                    JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
-                    JsonRejection::BytesRejection(_) if status == StatusCode::PAYLOAD_TOO_LARGE => {
-                        "payload_too_large"
-                    }
-                    _ => "invalid_body",
-                };
-                Err(ApiError::new(
-                    status,
-                    code,
-                    format!("body: {}", e.body_text()),
-                ))
-            }
         }
     }
 }
