@@ -452,3 +452,55 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// another retry.
     async fn parked_llm(&self, max_attempts: i32, limit: u32) -> Result<Vec<VulnerabilityRow>>;
 }
+
+#[cfg(test)]
+mod migration_tests {
+    use sqlx::migrate::Migrator;
+
+    /// sqlx stores each applied migration's checksum and refuses to start
+    /// when the embedded file no longer matches, so a released migration
+    /// must never change, not even a comment in it. `released.txt` holds
+    /// their checksums; a new migration adds its line there.
+    #[test]
+    fn released_migrations_are_unchanged_and_each_is_recorded() {
+        let released: Vec<(String, i64, String)> = include_str!("../migrations/released.txt")
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| {
+                let mut f = l.split_whitespace();
+                let mut next = || f.next().expect("backend version sha384").to_string();
+                (next(), next().parse().expect("version"), next())
+            })
+            .collect();
+        let embedded = |backend: &str, migrator: &Migrator| {
+            migrator
+                .iter()
+                .map(|m| (backend.to_string(), m.version, hex::encode(&m.checksum)))
+                .collect::<Vec<_>>()
+        };
+        let mut all = embedded("postgres", &crate::postgres::MIGRATOR);
+        all.extend(embedded("sqlite", &crate::sqlite::MIGRATOR));
+        for (backend, version, sum) in &released {
+            let now = all.iter().find(|m| &m.0 == backend && m.1 == *version);
+            match now {
+                None => panic!("released {backend} migration {version} is gone"),
+                Some(m) => assert_eq!(
+                    &m.2, sum,
+                    "released {backend} migration {version} changed: revert it and put \
+                     the change in a new migration"
+                ),
+            }
+        }
+        for m in &all {
+            assert!(
+                released.iter().any(|r| r.0 == m.0 && r.1 == m.1),
+                "{} migration {} is not in migrations/released.txt; add: {} {} {}",
+                m.0,
+                m.1,
+                m.0,
+                m.1,
+                m.2
+            );
+        }
+    }
+}

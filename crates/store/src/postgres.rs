@@ -30,7 +30,7 @@ use crate::plan::{
 use crate::query::{escape_like, ListQuery, SortField};
 use crate::{SeverityDistribution, Store, LLM_MAX_ATTEMPTS};
 
-static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Rows per UNNEST statement; bounds the size of one message to the server.
 const ROWS_PER_STATEMENT: usize = 5000;

@@ -32,7 +32,7 @@ use crate::plan::{
 use crate::query::{escape_like, ListQuery};
 use crate::{SeverityDistribution, Store, LLM_MAX_ATTEMPTS};
 
-static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Rows per multi-row INSERT: 31 parameters each stays far below SQLite's
 /// limit of 32766 bound parameters, while amortising the per-statement cost.
