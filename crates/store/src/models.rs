@@ -135,34 +135,52 @@ impl VulnerabilityRow {
     }
 }
 
+/// The columns of `vulnerabilities` a list page shows, in the order
+/// [`row_from!`] reads them; a macro so that [`SUMMARY_COLUMNS`] and
+/// [`VULN_COLUMNS`] are both built from one literal.
+macro_rules! narrow_columns {
+    () => {
+        "id, cve_id, title, description, cvss_score, cvss_vector, cvss_version, severity, \
+         published_at, modified_at, vuln_status, exploited_in_the_wild, cisa_due_date, \
+         kev_date_added, kev_required_action, kev_ransomware_use, kev_vulnerability_name, \
+         epss_score, epss_percentile, epss_date, sources, priority_score, priority, \
+         simple_title, simple_description, recommended_action, llm_processed, \
+         llm_processed_at, llm_model, llm_error, llm_attempts, llm_input_hash, \
+         llm_claimed_until, created_at, updated_at"
+    };
+}
+
 /// The column list of `vulnerabilities` in the order [`row_from!`] reads it
 /// (by position: looking 41 names up in every row of a page was a measurable
 /// part of an uncached list request). The wide lists come last so that a
 /// summary listing is a prefix of it, [`SUMMARY_COLUMNS`].
 /// `references` is a reserved word in SQL, hence the quotes.
-pub(crate) const VULN_COLUMNS: &str = "id, cve_id, title, description, cvss_score, cvss_vector, \
-    cvss_version, severity, published_at, modified_at, vuln_status, exploited_in_the_wild, \
-    cisa_due_date, kev_date_added, kev_required_action, kev_ransomware_use, \
-    kev_vulnerability_name, epss_score, epss_percentile, epss_date, sources, priority_score, \
-    priority, simple_title, simple_description, recommended_action, llm_processed, \
-    llm_processed_at, llm_model, llm_error, llm_attempts, llm_input_hash, llm_claimed_until, \
-    created_at, updated_at, \
-    cwe_ids, affected_products, vendors, products, \"references\", source_tags";
-
-/// How many of [`VULN_COLUMNS`] come before the wide lists.
-pub(crate) const NARROW_COLUMN_COUNT: usize = 35;
+pub(crate) const VULN_COLUMNS: &str = concat!(
+    narrow_columns!(),
+    ", cwe_ids, affected_products, vendors, products, \"references\", source_tags"
+);
 
 /// [`VULN_COLUMNS`] for a [`crate::ListQuery::summary`] listing: without the
 /// wide lists, which [`row_from!`] then leaves empty. They are most of a
 /// row's bytes, and a list page never shows them.
-pub(crate) static SUMMARY_COLUMNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    VULN_COLUMNS
-        .split(',')
-        .take(NARROW_COLUMN_COUNT)
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join(", ")
-});
+pub(crate) const SUMMARY_COLUMNS: &str = narrow_columns!();
+
+/// How many of [`VULN_COLUMNS`] come before the wide lists: a row with more
+/// columns is a full one.
+pub(crate) const NARROW_COLUMN_COUNT: usize = column_count(SUMMARY_COLUMNS);
+
+/// The number of names in a comma-separated column list.
+const fn column_count(list: &str) -> usize {
+    let bytes = list.as_bytes();
+    let (mut i, mut n) = (0, 1);
+    while i < bytes.len() {
+        if bytes[i] == b',' {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
 
 /// Builds a [`VulnerabilityRow`] from a `PgRow` or a `SqliteRow` selected
 /// with [`VULN_COLUMNS`] or [`SUMMARY_COLUMNS`].

@@ -705,7 +705,7 @@ impl Store for PgStore {
             .await?;
 
         let columns = if query.summary {
-            crate::models::SUMMARY_COLUMNS.as_str()
+            crate::models::SUMMARY_COLUMNS
         } else {
             VULN_COLUMNS
         };

@@ -757,7 +757,7 @@ impl Store for SqliteStore {
             .await?;
 
         let columns = if query.summary {
-            crate::models::SUMMARY_COLUMNS.as_str()
+            crate::models::SUMMARY_COLUMNS
         } else {
             VULN_COLUMNS
         };
