@@ -101,6 +101,31 @@ pub struct Config {
 /// Where NVD publishes its 2.0 feed files.
 pub const DEFAULT_NVD_FEEDS_URL: &str = "https://nvd.nist.gov/feeds/json/cve/2.0";
 
+/// `value` of `var` as a whole number in `range`, or an error naming the
+/// variable, the value and the range (`what` it counts, e.g. "number of seconds").
+fn number_in<T>(
+    var: &'static str,
+    value: &str,
+    range: std::ops::RangeInclusive<T>,
+    what: &str,
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + fmt::Display,
+{
+    value
+        .parse::<T>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| ConfigError::Invalid {
+            var,
+            problem: format!(
+                "{value:?} is not a {what} from {} to {}",
+                range.start(),
+                range.end()
+            ),
+        })
+}
+
 /// Parses `REQUESTS/SECONDS` (e.g. `50/30`); both parts positive.
 fn parse_rate_limit(v: &str) -> Option<(u32, u64)> {
     let (r, s) = v.split_once('/')?;
@@ -144,21 +169,16 @@ impl Config {
             }
             None => sqlite_url(&data_dir.join(DEFAULT_DB_FILE)),
         };
-        let db_pool_size = match get("OPENTHREAT_DB_POOL_SIZE") {
-            Some(v) => Some(
-                v.parse::<u32>()
-                    .ok()
-                    .filter(|n| (openthreat_store::MIN_POOL_SIZE..=1000).contains(n))
-                    .ok_or_else(|| ConfigError::Invalid {
-                        var: "OPENTHREAT_DB_POOL_SIZE",
-                        problem: format!(
-                            "{v:?} is not a number of connections from {} to 1000",
-                            openthreat_store::MIN_POOL_SIZE
-                        ),
-                    })?,
-            ),
-            None => None,
-        };
+        let db_pool_size = get("OPENTHREAT_DB_POOL_SIZE")
+            .map(|v| {
+                number_in(
+                    "OPENTHREAT_DB_POOL_SIZE",
+                    &v,
+                    openthreat_store::MIN_POOL_SIZE..=1000,
+                    "number of connections",
+                )
+            })
+            .transpose()?;
         let redis_url = get("REDIS_URL");
         if let Some(url) = &redis_url {
             check_url("REDIS_URL", url, &["redis", "rediss"])?;
@@ -215,16 +235,12 @@ impl Config {
             None => None,
         };
         let alert_interval = match get("OPENTHREAT_ALERT_INTERVAL") {
-            Some(v) => v
-                .trim_end_matches('s')
-                .parse::<u64>()
-                .ok()
-                .filter(|n| (1..=86_400).contains(n))
-                .map(Duration::from_secs)
-                .ok_or_else(|| ConfigError::Invalid {
-                    var: "OPENTHREAT_ALERT_INTERVAL",
-                    problem: format!("{v:?} is not a number of seconds from 1 to 86400"),
-                })?,
+            Some(v) => Duration::from_secs(number_in(
+                "OPENTHREAT_ALERT_INTERVAL",
+                v.trim_end_matches('s'),
+                1..=86_400,
+                "number of seconds",
+            )?),
             None => Duration::from_secs(10),
         };
         Ok(Config {
@@ -249,14 +265,7 @@ impl Config {
                 None => None,
             },
             nvd_page_size: match get("OPENTHREAT_NVD_PAGE_SIZE") {
-                Some(v) => v
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| (1..=2000).contains(n))
-                    .ok_or_else(|| ConfigError::Invalid {
-                        var: "OPENTHREAT_NVD_PAGE_SIZE",
-                        problem: format!("{v:?} is not a number from 1 to 2000"),
-                    })?,
+                Some(v) => number_in("OPENTHREAT_NVD_PAGE_SIZE", &v, 1..=2000, "number")?,
                 None => 2000,
             },
             kev_url: get("OPENTHREAT_KEV_URL").unwrap_or_else(|| {
